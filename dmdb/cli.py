@@ -1,0 +1,212 @@
+"""The `dmdb` command line: thin wrappers over the library.
+
+Each command parses its arguments, calls one library function, and turns a
+:class:`~dmdb.errors.DmdbError` into one line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import numpy as np
+import pyarrow as pa
+
+from dmdb import __version__
+from dmdb.errors import DmdbError, InputError, UsageError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def reports_errors(fn: F) -> F:
+    """Turn library errors into a one-line message and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DmdbError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dmdb")
+def cli() -> None:
+    """dmdb: an embedded DuckDB database for datamodels.
+
+    Train many models on random subsets of a training set, store their masks and
+    margins, fit a sparse linear datamodel per target, and ask questions in SQL.
+    """
+
+
+db_argument = click.argument("db", type=click.Path(dir_okay=False))
+
+
+@cli.command()
+@db_argument
+@click.option("--train-size", "-N", type=int, help="N: number of training examples (mask length).")
+@click.option("--targets", "-M", type=int, help="M: number of target examples (margins per run).")
+@click.option("--dataset", help="A built-in dataset (digits) that sets N, M, labels and pixels.")
+@click.option("--name", help="Experiment name (default: the file name).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Experiment seed: draws masks and assigns splits.")
+@click.option("--force", is_flag=True, help="Replace an existing file.")
+@reports_errors
+def init(db: str, train_size: int | None, targets: int | None, dataset: str | None,
+         name: str | None, seed: int, force: bool) -> None:
+    """Create database DB for one experiment (N training examples, M targets)."""
+    from dmdb.db import init as init_db
+
+    kwargs: dict[str, Any] = {}
+    if dataset is not None:
+        from dmdb.datasets import load_dataset
+
+        data = load_dataset(dataset)
+        for given, actual, flag in ((train_size, data.n_train, "--train-size"),
+                                    (targets, data.n_targets, "--targets")):
+            if given is not None and given != actual:
+                raise UsageError(f"{flag} {given} contradicts dataset {dataset} ({actual})")
+        train_size, targets = data.n_train, data.n_targets
+        kwargs = dict(
+            dataset=data.name, train_labels=data.y_train, target_labels=data.y_targets,
+            train_pixels=data.x_train, target_pixels=data.x_targets,
+            config={"image_shape": list(data.image_shape) if data.image_shape else None},
+        )
+    if train_size is None or targets is None:
+        raise UsageError("give --train-size N and --targets M, or --dataset digits")
+    database = init_db(db, n_train=train_size, n_targets=targets, name=name, seed=seed,
+                       force=force, **kwargs)
+    exp = database.experiment
+    click.echo(f"created {db}: experiment {exp.name!r}, N={exp.n_train} training examples, "
+               f"M={exp.n_targets} targets, seed {exp.seed}")
+
+
+@cli.command()
+@db_argument
+@click.argument("sources", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--masks", "masks_path", type=click.Path(path_type=Path),
+              help="A runs x N bool .npy matrix (the authors' release format).")
+@click.option("--margins", "margins_path", type=click.Path(path_type=Path),
+              help="A runs x M float16/float32 .npy matrix, row-aligned with --masks.")
+@click.option("--alpha", type=float, help="Subset fraction of the npy/store runs (required there).")
+@click.option("--masks-key", default="masks", show_default=True, help="Store key of the masks.")
+@click.option("--margins-key", default="margins", show_default=True,
+              help="Store key of the margins.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@reports_errors
+def ingest(db: str, sources: tuple[Path, ...], masks_path: Path | None, margins_path: Path | None,
+           alpha: float | None, masks_key: str, margins_key: str, quiet: bool) -> None:
+    """Add runs to DB from shard files, npy matrices or an authors' store.
+
+    SOURCES are Parquet / Arrow IPC shard files in the run schema, folders of
+    them, or store folders (a folder holding _completed.npy with one <key>.npy
+    memmap per key). Alternatively give --masks and --margins .npy files.
+    Ingesting the same runs again adds nothing.
+    """
+    from dmdb.ingest import ingest_paths
+
+    result = ingest_paths(
+        db, list(sources), masks=masks_path, margins=margins_path, alpha=alpha,
+        masks_key=masks_key, margins_key=margins_key, progress=not quiet,
+    )
+    for warning in result.warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    skipped = f", {result.files_skipped} file(s) already ingested" if result.files_skipped else ""
+    click.echo(f"ingested {result.n_new} new run(s); {result.n_skipped} already present{skipped}")
+
+
+@cli.command()
+@db_argument
+@reports_errors
+def status(db: str) -> None:
+    """Show the experiment, run counts by alpha and split, fits and file size."""
+    from dmdb.db import connect
+
+    info = connect(db).status()
+    exp = info["experiment"]
+    click.echo(f"{db}: experiment {exp.name!r}" + (f" (dataset {exp.dataset})" if exp.dataset else ""))
+    click.echo(f"  N={exp.n_train} training examples, M={exp.n_targets} targets, seed {exp.seed}, "
+               f"created {exp.created_at:%Y-%m-%d %H:%M}")
+    click.echo(f"  file size: {info['file_bytes'] / 2**20:.1f} MiB")
+    if not info["runs"]:
+        click.echo("  no runs yet")
+    else:
+        click.echo(f"  {'alpha':>6} {'split':<7} {'runs':>8} {'masks':>8} {'target acc':>11}")
+        for alpha, split, n_runs, n_masks, acc, _ in info["runs"]:
+            acc_s = f"{acc:.3f}" if acc is not None else "-"
+            click.echo(f"  {alpha:>6.3g} {split:<7} {n_runs:>8} {n_masks:>8} {acc_s:>11}")
+    if info["fits"]:
+        click.echo(f"  {'fit':>4} {'solver':<10} {'alpha':>6} {'fit/val/test':>16} {'mean LDS':>9}")
+        for fit_id, _, solver, alpha, n_fit, n_val, n_test, lds, _n in info["fits"]:
+            a = "all" if alpha is None else f"{alpha:.3g}"
+            lds_s = f"{lds:.3f}" if lds is not None else "-"
+            click.echo(f"  {fit_id:>4} {solver:<10} {a:>6} {f'{n_fit}/{n_val}/{n_test}':>16} "
+                       f"{lds_s:>9}")
+    else:
+        click.echo("  no fits yet")
+
+
+@cli.command()
+@db_argument
+@click.argument("query")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True)
+@reports_errors
+def sql(db: str, query: str, fmt: str) -> None:
+    """Run QUERY read-only against DB and print the result."""
+    from dmdb.db import connect
+
+    table = connect(db, read_only=True).sql(query)
+    click.echo(format_table(table, fmt), nl=False)
+
+
+def format_table(table: pa.Table, fmt: str) -> str:
+    """Render an Arrow table as an aligned text table, CSV or JSON lines."""
+    rows = table.to_pylist()
+    names = table.column_names
+    if fmt == "json":
+        return "".join(json.dumps(r, default=str) + "\n" for r in rows)
+    if fmt == "csv":
+        import io
+
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(names)
+        writer.writerows([[_cell(r[n]) for n in names] for r in rows])
+        return out.getvalue()
+    cells = [[_cell(r[n]) for n in names] for r in rows]
+    widths = [max([len(n)] + [len(c[i]) for c in cells]) for i, n in enumerate(names)]
+    lines = ["  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list) and len(value) > 8:
+        return "[" + ", ".join(_cell(v) for v in value[:8]) + f", ... ({len(value)})]"
+    if isinstance(value, bytes):
+        return value[:16].hex() + ("..." if len(value) > 16 else "")
+    return str(value)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()
+
+
+__all__ = ["cli", "main", "np", "InputError"]

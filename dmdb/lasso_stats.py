@@ -1,0 +1,329 @@
+"""Sufficient statistics of (mask, margins) runs for the datamodel Lasso.
+
+The fit runs are read once, in chunks, into exact integer co-occurrence counts
+(the Gram ``XᵀX`` of the 0/1 masks), column counts and float64 sums of the
+margins. Standardising (centring by the column means, scaling by the population
+sd) is then done on these statistics, never on a copy of ``X``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dmdb.errors import FitError, InputError
+
+#: Rows of the Gram centred at once; bounds the float64 scratch to ``8 * block * N`` bytes.
+_CENTRE_BLOCK = 256
+
+
+def _as_mask_tensor(masks: object, device: torch.device) -> torch.Tensor:
+    """Return ``masks`` as a uint8 0/1 tensor of shape (k, N) on ``device``."""
+    t = torch.as_tensor(masks)
+    if t.dim() != 2:
+        raise InputError(f"masks must be 2-D (runs, train examples), got shape {tuple(t.shape)}")
+    if t.dtype == torch.bool:
+        return t.to(device=device, dtype=torch.uint8)
+    if t.dtype.is_floating_point or t.dtype.is_complex:
+        raise InputError(f"masks must be bool or integer 0/1, got dtype {t.dtype}")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) > 1):
+        raise InputError("masks must contain only 0 and 1")
+    return t.to(device=device, dtype=torch.uint8)
+
+
+def _as_margin_tensor(margins: object, device: torch.device) -> torch.Tensor:
+    """Return ``margins`` as a float64 tensor of shape (k, M), checking finiteness."""
+    t = torch.as_tensor(margins)
+    if t.dim() != 2:
+        raise InputError(f"margins must be 2-D (runs, targets), got shape {tuple(t.shape)}")
+    if not t.dtype.is_floating_point:
+        t = t.to(torch.float64)
+    t = t.to(device=device, dtype=torch.float64)
+    if not bool(torch.isfinite(t).all()):
+        bad = torch.nonzero(~torch.isfinite(t))[0].tolist()
+        raise FitError(f"margins contain a non-finite value (run {bad[0]} of the chunk, target {bad[1]})")
+    return t
+
+
+def _count_gram(a: torch.Tensor) -> torch.Tensor:
+    """Return the exact co-occurrence counts ``aᵀa`` (int32, (N, N)) of a 0/1 chunk.
+
+    ``torch._int_mm`` on int8 is 3-4x faster than a float32 matmul on the CPU
+    (measured: 0.10 s vs 0.35 s at 10,000 x 2,000 on 2 threads). On CUDA it
+    needs the inner dimension and N to be multiples of 8 and N > 16, so the
+    chunk is zero-padded there (zero rows and columns change no count). Any
+    other failure falls back to float32, which is exact for chunks of fewer
+    than 2**24 runs.
+    """
+    k, n_feat = a.shape
+    a8 = a.to(torch.int8)
+    try:
+        if a.device.type == "cuda":
+            pad_k, pad_n = (-k) % 8, (-n_feat) % 8
+            if n_feat + pad_n <= 16:
+                raise RuntimeError("too small for _int_mm on CUDA")
+            a8 = torch.nn.functional.pad(a8, (0, pad_n, 0, pad_k))
+            out = torch._int_mm(a8.T.contiguous(), a8)
+            return out[:n_feat, :n_feat]
+        return torch._int_mm(a8.T, a8)
+    except RuntimeError:
+        af = a.to(torch.float32)
+        return (af.T @ af).to(torch.int32)
+
+
+class GramStats:
+    """Sufficient statistics of the fit runs, accumulated chunk by chunk.
+
+    Parameters
+    ----------
+    n_features : int
+        N, the number of training examples (mask length).
+    n_targets : int
+        M, the number of targets (margins per run).
+    gram : bool, default True
+        Accumulate the N x N co-occurrence counts. Set False for the Gram-free
+        solver when ``4 * N**2`` bytes do not fit in memory.
+    device : str or torch.device, default "cpu"
+        Where the statistics live and the chunk products run.
+
+    Attributes
+    ----------
+    n_runs : int
+        Number of fit runs added so far.
+    col_counts : int64 tensor of shape (N,)
+        How many fit runs contain each training example.
+    gram_counts : int32 tensor of shape (N, N) or None
+        ``XᵀX``, exact co-occurrence counts (None when ``gram=False``).
+    xty : float64 tensor of shape (N, M)
+        ``Xᵀ(Y - shift)``.
+    y_sum, y_sq : float64 tensors of shape (M,)
+        ``Σ (y - shift)`` and ``Σ (y - shift)²``.
+    shift : float64 tensor of shape (M,)
+        The first chunk's margin means; subtracting it before summing keeps the
+        float64 sums free of cancellation when margins have a large mean.
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        n_targets: int,
+        *,
+        gram: bool = True,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.n_features = int(n_features)
+        self.n_targets = int(n_targets)
+        self.device = torch.device(device)
+        self.n_runs = 0
+        self.col_counts = torch.zeros(self.n_features, dtype=torch.int64, device=self.device)
+        self.gram_counts: torch.Tensor | None = (
+            torch.zeros(self.n_features, self.n_features, dtype=torch.int32, device=self.device)
+            if gram
+            else None
+        )
+        self.xty = torch.zeros(
+            self.n_features, self.n_targets, dtype=torch.float64, device=self.device
+        )
+        self.y_sum = torch.zeros(self.n_targets, dtype=torch.float64, device=self.device)
+        self.y_sq = torch.zeros(self.n_targets, dtype=torch.float64, device=self.device)
+        self.shift: torch.Tensor | None = None
+        self.consumed = False
+
+    @property
+    def has_gram(self) -> bool:
+        """Whether the N x N co-occurrence counts are accumulated."""
+        return self.gram_counts is not None
+
+    def add(self, masks: object, margins: object) -> GramStats:
+        """Add a chunk of fit runs.
+
+        Parameters
+        ----------
+        masks : bool or uint8 array of shape (k, N)
+            0/1 subset indicators of the chunk's runs.
+        margins : float array of shape (k, M)
+            The runs' margins on every target.
+
+        Returns
+        -------
+        self
+        """
+        if self.consumed:
+            raise FitError("these GramStats were consumed by a fit with copy_gram=False")
+        a = _as_mask_tensor(masks, self.device)
+        y = _as_margin_tensor(margins, self.device)
+        if a.shape[1] != self.n_features or y.shape[1] != self.n_targets:
+            raise InputError(
+                f"chunk shapes {tuple(a.shape)} and {tuple(y.shape)} do not match "
+                f"N={self.n_features} train examples and M={self.n_targets} targets"
+            )
+        if a.shape[0] != y.shape[0]:
+            raise InputError(
+                f"chunk has {a.shape[0]} masks but {y.shape[0]} rows of margins"
+            )
+        if a.shape[0] == 0:
+            return self
+        if self.shift is None:
+            self.shift = y.mean(dim=0)
+        yc = y - self.shift
+        self.n_runs += a.shape[0]
+        if self.n_runs >= 2**31:
+            raise FitError("more than 2**31 fit runs overflow the int32 co-occurrence counts")
+        self.col_counts += a.sum(dim=0, dtype=torch.int64)
+        if self.gram_counts is not None:
+            self.gram_counts += _count_gram(a)
+        self.xty += a.to(torch.float64).T @ yc
+        self.y_sum += yc.sum(dim=0)
+        self.y_sq += (yc * yc).sum(dim=0)
+        return self
+
+    def standardize(
+        self, dtype: torch.dtype = torch.float32, *, copy: bool = True
+    ) -> StandardProblem:
+        """Centre and scale the statistics into the standardised Lasso problem.
+
+        Parameters
+        ----------
+        dtype : torch.float32 or torch.float64
+            dtype of the returned Gram and correlations; centring is in float64.
+        copy : bool, default True
+            With ``copy=False`` and float32, the standardised Gram is written
+            over the int32 counts (same size), so peak memory is ``4 N²`` bytes
+            instead of ``8 N²``; these stats are then consumed.
+
+        Returns
+        -------
+        StandardProblem
+
+        Raises
+        ------
+        FitError
+            Fewer than 2 fit runs, or a target constant over the fit runs.
+        """
+        n = self.n_runs
+        if n < 2:
+            raise FitError(f"need at least 2 fit runs, got {n}")
+        if self.consumed:
+            raise FitError("these GramStats were consumed by a fit with copy_gram=False")
+        assert self.shift is not None  # n >= 2 implies a chunk was added
+        mu = self.col_counts.to(torch.float64) / n
+        # Binary columns: E[x²] = E[x], so the population variance is μ(1 - μ).
+        var = (mu * (1.0 - mu)).clamp_min(0.0)
+        keep = self.col_counts.gt(0) & self.col_counts.lt(n)
+        sd = torch.where(keep, var.sqrt(), torch.ones_like(var))
+        y_mean_c = self.y_sum / n
+        y_var = self.y_sq / n - y_mean_c * y_mean_c
+        scale = torch.maximum(self.y_sq / n, torch.ones_like(y_var) * 1e-300)
+        const = y_var <= 1e-12 * scale
+        if bool(const.any()):
+            j = int(torch.nonzero(const)[0])
+            raise FitError(
+                f"target {j} is constant over the {n} fit runs; a datamodel cannot be fitted "
+                "to it (drop the target or add runs)"
+            )
+        c = (self.xty / n - mu[:, None] * y_mean_c[None, :]) / sd[:, None]
+        c[~keep] = 0.0
+        gram = None
+        if self.gram_counts is not None:
+            gram = self._centred_gram(mu, sd, keep, dtype, copy)
+        return StandardProblem(
+            gram=gram,
+            corr=c.to(dtype),
+            y_var=y_var,
+            mu=mu,
+            sd=sd,
+            keep=keep,
+            y_mean=self.shift + y_mean_c,
+            n_runs=n,
+        )
+
+    def _centred_gram(
+        self,
+        mu: torch.Tensor,
+        sd: torch.Tensor,
+        keep: torch.Tensor,
+        dtype: torch.dtype,
+        copy: bool,
+    ) -> torch.Tensor:
+        """Return ``(K/n - μμᵀ) / (σσᵀ)`` with dropped columns zeroed, row block by row block."""
+        counts = self.gram_counts
+        assert counts is not None
+        n = self.n_runs
+        n_feat = self.n_features
+        inplace = (not copy) and dtype == torch.float32
+        out = counts.view(torch.float32) if inplace else torch.empty(
+            n_feat, n_feat, dtype=dtype, device=self.device
+        )
+        inv_sd = torch.where(keep, 1.0 / sd, torch.zeros_like(sd))
+        for lo in range(0, n_feat, _CENTRE_BLOCK):
+            hi = min(lo + _CENTRE_BLOCK, n_feat)
+            # Read the block of counts before overwriting it (same storage when inplace).
+            block = counts[lo:hi].to(torch.float64) / n
+            block -= mu[lo:hi, None] * mu[None, :]
+            block *= inv_sd[lo:hi, None] * inv_sd[None, :]
+            out[lo:hi] = block.to(dtype)
+        if inplace:
+            self.gram_counts = None
+            self.consumed = True
+        return out
+
+
+@dataclass
+class StandardProblem:
+    """The standardised multi-target Lasso problem built from :class:`GramStats`.
+
+    With ``X_s = (X - μ) / σ`` and ``y_c = y - ȳ`` over the n fit runs, target j
+    minimises ``½ wᵀ C w - c_jᵀ w + ½ v_j + λ ||w||₁``, which equals
+    ``(1/(2n)) ||y_c - X_s w||² + λ ||w||₁``.
+
+    Attributes
+    ----------
+    gram : tensor of shape (N, N) or None
+        ``C = X_sᵀ X_s / n``; rows and columns of dropped (constant) examples are 0.
+    corr : tensor of shape (N, M)
+        ``c = X_sᵀ y_c / n``.
+    y_var : float64 tensor of shape (M,)
+        ``v = ||y_c||² / n``.
+    mu, sd : float64 tensors of shape (N,)
+        Fit-run column means and population sds (sd is 1 for dropped columns).
+    keep : bool tensor of shape (N,)
+        Columns that vary over the fit runs.
+    y_mean : float64 tensor of shape (M,)
+        Fit-run margin means ȳ.
+    n_runs : int
+        Number of fit runs n.
+    """
+
+    gram: torch.Tensor | None
+    corr: torch.Tensor
+    y_var: torch.Tensor
+    mu: torch.Tensor
+    sd: torch.Tensor
+    keep: torch.Tensor
+    y_mean: torch.Tensor
+    n_runs: int
+
+    def to_mask_space(self, w_std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Map standardised weights to mask space.
+
+        Parameters
+        ----------
+        w_std : array of shape (N, M)
+            Weights on standardised features.
+
+        Returns
+        -------
+        coef : float64 array of shape (M, N)
+            ``w_std / σ`` (0 for dropped columns).
+        intercept : float64 array of shape (M,)
+            ``ȳ - μ · coef``, so that prediction = intercept + Σ_{i∈S} coef_i.
+        """
+        sd = self.sd.double().cpu().numpy()
+        mu = self.mu.double().cpu().numpy()
+        keep = self.keep.cpu().numpy()
+        coef = np.asarray(w_std, dtype=np.float64) / sd[:, None]
+        coef[~keep] = 0.0
+        intercept = self.y_mean.double().cpu().numpy() - mu @ coef
+        return coef.T, intercept

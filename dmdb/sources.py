@@ -1,0 +1,333 @@
+"""Sources of runs for ingest: Arrow data, shard files, npy matrices, authors' stores.
+
+Each source is re-iterable: :meth:`Source.batches` can be called twice, once to
+validate everything and once to write, so that one ingest is all-or-nothing with
+respect to bad input without holding the input in memory.
+
+The run schema (Arrow)
+----------------------
+=============  =========================================  ========
+column         type                                       required
+=============  =========================================  ========
+alpha          float (the subset fraction, in (0, 1])     yes
+mask           binary (np.packbits, ceil(N/8) bytes) or   yes
+               list<bool> / list<int 0/1> of length N
+margins        list<float> of length M (any float width)  yes
+run_id         int64 (default: hash of the content)       no
+seed           int64, the training seed                   no
+mask_id        int64 (default: hash of the mask)          no
+split          string: only 'verify' (or null)            no
+train_acc      float                                      no
+trainer        string                                     no
+info           string (JSON provenance)                   no
+=============  =========================================  ========
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from dmdb.errors import InputError
+from dmdb.runs import RunBatch, pack_masks
+
+REQUIRED = ("alpha", "mask", "margins")
+OPTIONAL = ("run_id", "seed", "mask_id", "split", "train_acc", "trainer", "info")
+SHARD_SUFFIXES = (".parquet", ".arrow", ".feather", ".ipc", ".arrows")
+CHUNK_RUNS = 2048
+
+
+def _list_values(col: pa.ChunkedArray | pa.Array, width: int, what: str, row0: int) -> np.ndarray:
+    """Flatten a list / fixed-size-list column of equal-length rows into a (k, width) array."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    k = len(arr)
+    if pa.types.is_fixed_size_list(arr.type):
+        if arr.type.list_size != width:
+            raise InputError(f"{what} of row {row0} has length {arr.type.list_size}, expected {width}")
+    elif pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero(lengths != width)
+        if len(bad):
+            raise InputError(
+                f"{what} of row {row0 + int(bad[0])} has length {lengths[bad[0]]}, expected {width}"
+            )
+    else:
+        raise InputError(f"column {what!r} must be a list, got {arr.type}")
+    if arr.null_count:
+        raise InputError(f"{what} of row {row0 + int(np.flatnonzero(arr.is_null())[0])} is null")
+    values = pc.list_flatten(arr)
+    if values.null_count:
+        raise InputError(f"{what} contain null values")
+    return values.to_numpy(zero_copy_only=False).reshape(k, width)
+
+
+def batch_from_arrow(
+    table: pa.Table | pa.RecordBatch, *, n_train: int, n_targets: int, row0: int = 0
+) -> RunBatch:
+    """Convert Arrow data in the run schema into a :class:`RunBatch` (not yet validated)."""
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
+    names = set(table.column_names)
+    missing = [c for c in REQUIRED if c not in names]
+    if missing:
+        raise InputError(f"missing column(s) {', '.join(missing)}; the run schema needs {REQUIRED}")
+    unknown = sorted(names - set(REQUIRED) - set(OPTIONAL))
+    if unknown:
+        raise InputError(
+            f"unknown column(s) {', '.join(unknown)}; allowed: {', '.join(REQUIRED + OPTIONAL)}"
+        )
+    k = table.num_rows
+    mask_col = table.column("mask").combine_chunks()
+    if pa.types.is_binary(mask_col.type) or pa.types.is_large_binary(mask_col.type) or (
+        pa.types.is_fixed_size_binary(mask_col.type)
+    ):
+        n_bytes = (n_train + 7) // 8
+        if mask_col.null_count:
+            raise InputError(f"mask of row {row0 + int(np.flatnonzero(mask_col.is_null())[0])} is null")
+        lengths = (
+            np.full(k, mask_col.type.byte_width)
+            if pa.types.is_fixed_size_binary(mask_col.type)
+            else pc.binary_length(mask_col).to_numpy(zero_copy_only=False)
+        )
+        bad = np.flatnonzero(lengths != n_bytes)
+        if len(bad):
+            raise InputError(
+                f"mask of row {row0 + int(bad[0])} has {lengths[bad[0]]} bytes (packed), but "
+                f"n_train={n_train} needs {n_bytes}"
+            )
+        flat = mask_col.cast(pa.binary()) if not pa.types.is_binary(mask_col.type) else mask_col
+        buffer = np.frombuffer(flat.buffers()[2], dtype=np.uint8)
+        offset = np.frombuffer(flat.buffers()[1], dtype=np.int32)[flat.offset]
+        packed = buffer[offset : offset + k * n_bytes].reshape(k, n_bytes).copy()
+    else:
+        packed = pack_masks(_list_values(mask_col, n_train, "mask", row0))
+    margins_raw = _list_values(table.column("margins"), n_targets, "margins", row0)
+    if not np.issubdtype(margins_raw.dtype, np.floating):
+        raise InputError(f"margins must be floats, got {margins_raw.dtype}")
+
+    def opt(name: str) -> np.ndarray | None:
+        if name not in names:
+            return None
+        col = table.column(name)
+        if col.null_count and name in ("run_id", "mask_id"):
+            raise InputError(f"column {name} has nulls")
+        return col.to_numpy() if name not in ("split", "info", "trainer") else None
+
+    alpha_col = table.column("alpha")
+    if alpha_col.null_count:
+        raise InputError("alpha has nulls; every run needs its subset fraction")
+    trainer = None
+    if "trainer" in names:
+        values = table.column("trainer").unique().to_pylist()
+        trainer = values[0] if len(values) == 1 else ",".join(str(v) for v in values)
+    return RunBatch(
+        masks=packed,
+        margins=margins_raw.astype(np.float32, copy=False),
+        alpha=alpha_col.to_numpy().astype(np.float64),
+        seed=opt("seed").astype(np.int64) if "seed" in names else None,  # type: ignore[union-attr]
+        run_id=_int64(opt("run_id"), "run_id"),
+        mask_id=_int64(opt("mask_id"), "mask_id"),
+        split=np.array(table.column("split").to_pylist(), dtype=object) if "split" in names else None,
+        train_acc=opt("train_acc"),
+        trainer=trainer,
+        info=table.column("info").to_pylist() if "info" in names else None,
+    )
+
+
+def _int64(values: np.ndarray | None, name: str) -> np.ndarray | None:
+    if values is None:
+        return None
+    if not np.issubdtype(values.dtype, np.integer):
+        raise InputError(f"column {name} must be integers, got {values.dtype}")
+    return values.astype(np.int64)
+
+
+class Source:
+    """A re-iterable source of run batches."""
+
+    label: str = "input"
+    files: list[tuple[str, int, int]] = []
+
+    def batches(self, n_train: int, n_targets: int) -> Iterator[tuple[str, RunBatch]]:
+        """Yield (where, batch) pairs; ``where`` names the file/rows for error messages."""
+        raise NotImplementedError
+
+
+@dataclass
+class ArrowSource(Source):
+    """Arrow data already in memory (a Table, RecordBatch or a drained RecordBatchReader)."""
+
+    table: pa.Table
+    label: str = "input"
+
+    def __post_init__(self) -> None:
+        self.files = []
+
+    def batches(self, n_train: int, n_targets: int) -> Iterator[tuple[str, RunBatch]]:
+        for start in range(0, max(self.table.num_rows, 1), CHUNK_RUNS):
+            part = self.table.slice(start, CHUNK_RUNS)
+            if part.num_rows == 0:
+                return
+            yield self.label, batch_from_arrow(
+                part, n_train=n_train, n_targets=n_targets, row0=start
+            )
+
+
+def file_key(path: Path) -> tuple[str, int, int]:
+    """The identity under which an ingested shard file is recorded."""
+    st = path.stat()
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+class ShardSource(Source):
+    """Parquet or Arrow IPC shard files in the run schema."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+        self.files = [file_key(p) for p in paths]
+        self.label = f"{len(paths)} shard file(s)"
+
+    def _read(self, path: Path) -> Iterator[pa.RecordBatch]:
+        try:
+            if path.suffix == ".parquet":
+                pf = pq.ParquetFile(path)
+                yield from pf.iter_batches(batch_size=CHUNK_RUNS)
+                return
+            with open(path, "rb") as f:
+                try:
+                    reader = ipc.open_file(f)
+                    batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+                    yield from batches
+                except pa.ArrowInvalid:
+                    f.seek(0)
+                    yield from ipc.open_stream(f)
+        except (pa.ArrowException, OSError) as e:
+            raise InputError(f"{path}: cannot read shard: {str(e).splitlines()[0]}") from e
+
+    def batches(self, n_train: int, n_targets: int) -> Iterator[tuple[str, RunBatch]]:
+        for path in self.paths:
+            row0 = 0
+            for rb in self._read(path):
+                yield str(path), batch_from_arrow(
+                    rb, n_train=n_train, n_targets=n_targets, row0=row0
+                )
+                row0 += rb.num_rows
+
+
+def find_shards(path: Path) -> list[Path]:
+    """The shard files in a folder (sorted), or the file itself."""
+    if path.is_dir():
+        found = sorted(
+            p for p in path.iterdir() if p.suffix in SHARD_SUFFIXES and not p.name.startswith(".")
+        )
+        if not found:
+            raise InputError(f"{path}: no shard files ({', '.join(SHARD_SUFFIXES)}) in this folder")
+        return found
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    if path.suffix not in SHARD_SUFFIXES:
+        raise InputError(
+            f"{path}: not a shard file (expected {', '.join(SHARD_SUFFIXES)}); "
+            "for .npy matrices use --masks/--margins"
+        )
+    return [path]
+
+
+def _open_npy(path: Path, what: str) -> np.ndarray:
+    if not path.exists():
+        raise InputError(f"{path}: no such file ({what})")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"{path}: not a readable .npy file ({what}): {e}") from e
+
+
+class NpySource(Source):
+    """A runs x N bool mask matrix and a runs x M float margins matrix, memory-mapped.
+
+    ``completed`` (a bool per row, as in the authors' store) selects the rows to take.
+    """
+
+    def __init__(
+        self,
+        masks: Path,
+        margins: Path,
+        alpha: float,
+        completed: Path | None = None,
+        label: str | None = None,
+    ) -> None:
+        self.masks = _open_npy(masks, "masks")
+        self.margins = _open_npy(margins, "margins")
+        self.alpha = alpha
+        self.label = label or f"{masks.name}/{margins.name}"
+        self.files = []
+        if self.masks.ndim != 2:
+            raise InputError(f"{masks}: masks must be 2-D (runs x n_train), got {self.masks.shape}")
+        if self.margins.ndim != 2:
+            raise InputError(f"{margins}: margins must be 2-D (runs x M), got {self.margins.shape}")
+        if self.masks.shape[0] != self.margins.shape[0]:
+            raise InputError(
+                f"masks have {self.masks.shape[0]} rows but margins have {self.margins.shape[0]}; "
+                "they must have one row per run"
+            )
+        if not np.issubdtype(self.margins.dtype, np.floating):
+            raise InputError(f"{margins}: margins must be float16/32/64, got {self.margins.dtype}")
+        rows = np.arange(self.masks.shape[0])
+        if completed is not None:
+            flags = np.asarray(_open_npy(completed, "completion flags")).astype(bool).reshape(-1)
+            if flags.shape[0] != self.masks.shape[0]:
+                raise InputError(
+                    f"{completed}: {flags.shape[0]} flags for {self.masks.shape[0]} rows"
+                )
+            rows = rows[flags]
+        self.rows = rows
+
+    def batches(self, n_train: int, n_targets: int) -> Iterator[tuple[str, RunBatch]]:
+        for start in range(0, len(self.rows), CHUNK_RUNS):
+            idx = self.rows[start : start + CHUNK_RUNS]
+            contiguous = len(idx) and idx[-1] - idx[0] == len(idx) - 1
+            sel = slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else idx
+            masks = np.asarray(self.masks[sel])
+            if masks.shape[1] != n_train:
+                raise InputError(
+                    f"{self.label}: masks have {masks.shape[1]} columns, but the experiment has "
+                    f"n_train={n_train}"
+                )
+            where = f"{self.label} rows {int(idx[0])}.."
+            yield where, RunBatch(
+                masks=pack_masks(masks),
+                margins=np.asarray(self.margins[sel], dtype=np.float32),
+                alpha=np.full(len(idx), self.alpha),
+                source=self.label,
+            )
+
+    def mask_density(self, sample: int = 4096) -> float:
+        """The fraction of ones in (a sample of) the masks, to check against alpha."""
+        idx = self.rows[:: max(1, len(self.rows) // sample)][:sample]
+        if len(idx) == 0:
+            return float("nan")
+        return float(np.asarray(self.masks[np.sort(idx)]).mean())
+
+
+def store_source(folder: Path, alpha: float, masks_key: str, margins_key: str) -> NpySource:
+    """An authors'-style store: ``<key>.npy`` memmaps plus ``_completed.npy`` flags."""
+    return NpySource(
+        folder / f"{masks_key}.npy",
+        folder / f"{margins_key}.npy",
+        alpha,
+        completed=folder / "_completed.npy",
+        label=str(folder),
+    )
+
+
+def is_store(path: Path) -> bool:
+    """A folder holding ``_completed.npy`` is an authors' store; otherwise shards."""
+    return path.is_dir() and (path / "_completed.npy").exists()
+
