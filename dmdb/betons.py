@@ -25,7 +25,14 @@ import torch
 
 from dmdb.errors import InputError, UsageError
 
-__all__ = ["BetonInfo", "require_ffcv", "write_beton", "read_beton_info", "synthetic_images", "SyntheticImages"]
+__all__ = [
+    "BetonInfo",
+    "SyntheticImages",
+    "read_beton_info",
+    "require_ffcv",
+    "synthetic_images",
+    "write_beton",
+]
 
 
 def require_ffcv() -> Any:
@@ -286,7 +293,9 @@ class SyntheticImages:
     num_classes : int
         Number of classes (10 like CIFAR-10).
     seed : int
-        Images are a deterministic function of (seed, index).
+        Images are a deterministic function of (seed, index); the class
+        patterns are the same for every seed, so use one seed for a
+        training set and another for its targets.
     """
 
     def __init__(self, n: int, *, resolution: int = 32, num_classes: int = 10,
@@ -294,7 +303,9 @@ class SyntheticImages:
         if n < 1 or resolution < 4 or num_classes < 2:
             raise UsageError("SyntheticImages needs n >= 1, resolution >= 4, num_classes >= 2")
         self.n, self.resolution, self.num_classes, self.seed = n, resolution, num_classes, seed
-        rng = np.random.default_rng([seed, 2**31])
+        # The class patterns depend on num_classes only, so that sets drawn with
+        # different seeds (a training set and its targets) share them.
+        rng = np.random.default_rng(num_classes)
         self._tints = rng.uniform(0.3, 1.0, size=(num_classes, 3))
         self._angles = np.linspace(0.0, np.pi, num_classes, endpoint=False)
         self._freqs = 2.0 + (np.arange(num_classes) % 3)

@@ -169,6 +169,19 @@ def sql(db: str, query: str, fmt: str) -> None:
     click.echo(format_table(table, fmt), nl=False)
 
 
+@cli.command()
+@click.argument("folder", type=click.Path(file_okay=False), default="dmdb-quickstart")
+@click.option("--runs", type=int, default=2000, show_default=True, help="Runs to create.")
+@reports_errors
+def quickstart(folder: str, runs: int) -> None:
+    """Run the whole pipeline on built-in data in FOLDER."""
+    from dmdb.quickstart import run_quickstart
+
+    if runs < 1:
+        raise UsageError(f"--runs must be positive, got {runs}")
+    run_quickstart(folder, runs=runs, echo=click.echo)
+
+
 def format_table(table: pa.Table, fmt: str) -> str:
     """Render an Arrow table as an aligned text table, CSV or JSON lines."""
     rows = table.to_pylist()

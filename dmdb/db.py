@@ -104,6 +104,7 @@ class Database:
         self.busy_timeout = busy_timeout
         self._memory: duckdb.DuckDBPyConnection | None = None
         self._experiment: Experiment | None = None
+        self._current = False
         if self.in_memory:
             self._memory = duckdb.connect()
         elif not Path(self.path).exists():
@@ -162,22 +163,34 @@ class Database:
         if version == 0:
             raise DatabaseError(f"{self.path}: empty database; create it with `dmdb init`")
         migrations.check_not_newer(version)
-        if version < migrations.code_version() or write:
-            if version < migrations.code_version() and not write:
+        if version < migrations.code_version():
+            if not write:
                 raise DatabaseError(
-                    f"{self.path} has schema version {version}; open it for writing once "
-                    "(e.g. `dmdb status`) to migrate it"
+                    f"{self.path} has schema version {version}, older than this dmdb's "
+                    f"{migrations.code_version()}; open it once without read-only to migrate it"
                 )
             exp = self._read_experiment(con)
             migrations.migrate(con, n_train=exp.n_train, n_targets=exp.n_targets)
+        if write:
             migrations.install_queries(con)
+
+    def _ensure_current(self) -> None:
+        """Once per Database: migrate an older file (unless opened read-only)."""
+        if self._current:
+            return
+        with self.session(write=not self.read_only) as con:
+            try:
+                self._check_schema(con, write=not self.read_only)
+            except duckdb.Error as e:
+                raise DatabaseError(str(e).splitlines()[0]) from e
+        self._current = True
 
     @contextmanager
     def connection(self, write: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A checked connection: the schema is current (migrating it when writing)."""
+        """A connection to a database whose schema is current."""
+        self._ensure_current()
         with self.session(write=write) as con:
             try:
-                self._check_schema(con, write)
                 yield con
             except duckdb.Error as e:
                 raise DatabaseError(str(e).splitlines()[0]) from e
@@ -560,6 +573,7 @@ def init(
             raise UsageError(f"{p.parent}: no such folder")
     db = Database.__new__(Database)
     db.path, db.read_only, db.busy_timeout, db._experiment = path, False, 10.0, None
+    db._current = True
     db._memory = duckdb.connect() if in_memory else None
     try:
         with db.session(write=True, create=True) as con:

@@ -331,3 +331,15 @@ def is_store(path: Path) -> bool:
     """A folder holding ``_completed.npy`` is an authors' store; otherwise shards."""
     return path.is_dir() and (path / "_completed.npy").exists()
 
+
+
+class BatchSource(Source):
+    """Runs already in canonical form (from a trainer or a RunWriter)."""
+
+    def __init__(self, batch: RunBatch, label: str = "writer") -> None:
+        self.batch = batch
+        self.label = label
+        self.files = []
+
+    def batches(self, n_train: int, n_targets: int) -> Iterator[tuple[str, RunBatch]]:
+        yield self.label, self.batch

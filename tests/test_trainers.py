@@ -34,6 +34,15 @@ def digits():
     return load_dataset("digits")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Train on one thread: on a shared 2-core machine two threads can stall badly."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def in_repo(monkeypatch):
     """Run from the repository root, as a user runs `dmdb train` from their project."""
@@ -90,7 +99,9 @@ def test_batched_mlp_matches_one_at_a_time_reference(digits):
     for b in range(3):
         margins, train_acc = train_one_reference(digits, masks[b], int(seeds[b]), opts)
         np.testing.assert_allclose(batched_result.margins[b], margins, atol=2e-3)
-        assert (batched_result.margins[b] > 0).mean() == pytest.approx((margins > 0).mean(), abs=0.01)
+        assert (batched_result.margins[b] > 0).mean() == pytest.approx(
+            (margins > 0).mean(), abs=0.01
+        )
         assert batched_result.train_acc[b] == pytest.approx(train_acc, abs=0.01)
 
 
@@ -120,6 +131,11 @@ def test_batched_mlp_is_independent_of_chunk_composition(digits):
     assert np.array_equal(regrouped.margins, together.margins[order])
     assert np.array_equal(regrouped.train_acc, together.train_acc[order])
     assert np.array_equal(alone.margins[0], together.margins[1])
+    # Nor on the thread count (the fixture runs everything else on one thread).
+    two_threads = BatchedMLPTrainer(digits, CPU, MLPOptions(epochs=2, n_threads=2)).train(
+        masks, seeds
+    )
+    assert np.array_equal(two_threads.margins, together.margins)
     # And repeatable: a repeat of a run gives the same margins.
     again = BatchedMLPTrainer(digits, CPU, opts).train(masks, seeds)
     assert np.array_equal(again.margins, together.margins)
@@ -302,8 +318,9 @@ def test_make_trainer_default_is_mlp_for_digits():
     )
     assert isinstance(trainer, BatchedMLPTrainer) and trainer.name == "mlp"
     assert trainer.options.epochs == 1
-    loop = make_trainer("mlp", dataset_name="digits", n_train=N, n_targets=M,
-                        options={"impl": "loop"})
+    loop = make_trainer(
+        "mlp", dataset_name="digits", n_train=N, n_targets=M, options={"impl": "loop"}
+    )
     assert isinstance(loop, ReferenceMLPTrainer)
 
 
@@ -319,16 +336,21 @@ def test_make_trainer_errors(in_repo):
     with pytest.raises(TrainerError, match="n_targets=400"):
         make_trainer("mlp", dataset_name="digits", n_train=N, n_targets=400)
     # A plug-in's M is only known from its output: a mismatch fails the first run.
-    wrong_m = make_trainer("tests.plugin_examples:centroid", dataset_name=None, n_train=N,
-                           n_targets=400)
+    wrong_m = make_trainer(
+        "tests.plugin_examples:centroid", dataset_name=None, n_train=N, n_targets=400
+    )
     with pytest.raises(PartialTrainError, match=r"expected \(400,\)"):
         wrong_m.train(bernoulli(1), [0])
     with pytest.raises(UsageError, match="takes no options"):
-        make_trainer("tests.plugin_examples:centroid", dataset_name=None, n_train=N,
-                     n_targets=M, options={"epochs": 3})
+        make_trainer(
+            "tests.plugin_examples:centroid",
+            dataset_name=None,
+            n_train=N,
+            n_targets=M,
+            options={"epochs": 3},
+        )
     with pytest.raises(UsageError, match="unknown option"):
-        make_trainer("mlp", dataset_name="digits", n_train=N, n_targets=M,
-                     options={"epochz": 3})
+        make_trainer("mlp", dataset_name="digits", n_train=N, n_targets=M, options={"epochz": 3})
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")

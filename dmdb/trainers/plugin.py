@@ -205,7 +205,8 @@ class PluginTrainer:
         if not np.issubdtype(value.dtype, np.floating):
             self._fail(out, b, seeds, f"returned dtype {value.dtype}; margins must be floats")
         # Check after the conversion: a float64 beyond float32's range becomes inf.
-        margins = value.astype(np.float32)
+        with np.errstate(over="ignore"):
+            margins = value.astype(np.float32)
         if not np.isfinite(margins).all():
             n_bad = int((~np.isfinite(margins)).sum())
             self._fail(out, b, seeds, f"returned {n_bad} NaN or infinite margin(s)")

@@ -40,7 +40,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import tomllib
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -51,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dmdb.betons import BetonInfo, require_ffcv, read_beton_info
+from dmdb.betons import BetonInfo, read_beton_info, require_ffcv
 from dmdb.errors import InputError, TrainerError, UsageError
 from dmdb.trainers.base import TrainResult, check_runs, margins_from_logits
 from dmdb.trainers.resnet import resnet9, resnet18
@@ -236,6 +235,18 @@ class FmowHyperparameters(_Hyperparameters):
 # ----------------------------------------------------------------------------- options
 
 
+def _toml_module(path: Path) -> Any:
+    try:
+        import tomllib  # Python 3.11+
+    except ImportError:  # pragma: no cover - Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef,unused-ignore]
+        except ImportError:
+            raise UsageError(f"reading the TOML config {str(path)!r} needs Python 3.11+ or "
+                             "`pip install tomli`; or write the config as JSON") from None
+    return tomllib
+
+
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a recipe config file: a JSON object or a TOML table of options.
 
@@ -259,11 +270,12 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise UsageError(f"cannot read config file {str(p)!r}: {e.strerror}") from e
+    is_toml = p.suffix.lower() == ".toml"
     try:
-        data = tomllib.loads(text) if p.suffix.lower() == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        data = _toml_module(p).loads(text) if is_toml else json.loads(text)
+    except ValueError as e:  # JSONDecodeError and TOMLDecodeError are ValueErrors
         raise UsageError(f"config file {str(p)!r} is not valid "
-                         f"{'TOML' if p.suffix.lower() == '.toml' else 'JSON'}: {e}") from e
+                         f"{'TOML' if is_toml else 'JSON'}: {e}") from e
     if not isinstance(data, dict):
         raise UsageError(f"config file {str(p)!r} must hold an object/table of options")
     return data
@@ -345,7 +357,7 @@ def recipe_hyperparameters(recipe: str, options: Mapping[str, Any] | None = None
 
 @dataclass(frozen=True)
 class _Recipe:
-    hyperparameters: type[_Hyperparameters]
+    hyperparameters: type[Cifar10Hyperparameters] | type[FmowHyperparameters]
     model: Callable[[Any], nn.Module]
     mean: tuple[float, float, float]  # of the 0..255 pixel values, per RGB channel
     std: tuple[float, float, float]
@@ -626,7 +638,9 @@ class RecipeTrainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(torch_seed)
             model = self._recipe.model(hp)
-        model = model.to(self.device, memory_format=self._format)
+        model = model.to(self.device)
+        if self._cuda:
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=hp.momentum,
                                     weight_decay=hp.weight_decay)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self._amp)
