@@ -169,6 +169,62 @@ def sql(db: str, query: str, fmt: str) -> None:
     click.echo(format_table(table, fmt), nl=False)
 
 
+def parse_options(pairs: tuple[str, ...], config: str | None) -> dict[str, Any]:
+    """Trainer options from --config FILE (JSON or TOML) and --set key=value (which win)."""
+    options: dict[str, Any] = {}
+    if config is not None:
+        options["config"] = config
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set takes key=value, got {pair!r}")
+        options[key.strip()] = value.strip()
+    return options
+
+
+@cli.command()
+@db_argument
+@click.option("--runs", type=int, required=True, help="Total masks wanted at this alpha.")
+@click.option("--alpha", type=float, required=True, help="Subset fraction, in (0, 1].")
+@click.option("--trainer", help="mlp, cifar10, fmow, or a plug-in package.module:function "
+              "(default: the dataset's trainer).")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--batch-models", type=int, help="Models trained together in one batch.")
+@click.option("--seed", type=int, help="Base of the model seeds (default: the experiment seed).")
+@click.option("--repeats", type=int, default=1, show_default=True,
+              help="Models per mask, with different seeds (they share a mask_id).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="A trainer option (repeatable), e.g. --set epochs=20.")
+@click.option("--config", type=click.Path(dir_okay=False),
+              help="Trainer options from a JSON or TOML file (recipes).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@reports_errors
+def train(db: str, runs: int, alpha: float, trainer: str | None, device: str,
+          batch_models: int | None, seed: int | None, repeats: int, settings: tuple[str, ...],
+          config: str | None, quiet: bool) -> None:
+    """Train models on random alpha-subsets until DB holds RUNS masks at ALPHA.
+
+    Masks are Bernoulli(alpha), drawn reproducibly from the experiment seed. Runs
+    stream into DB as they finish; running the command again continues where it
+    stopped. Ctrl-C saves what has been trained.
+    """
+    from dmdb.collect import train as train_models
+    from dmdb.db import connect
+
+    report = train_models(connect(db), runs=runs, alpha=alpha, trainer=trainer, device=device,
+                          batch_models=batch_models, seed=seed, repeats=repeats,
+                          options=parse_options(settings, config), progress=not quiet,
+                          echo=click.echo)
+    if report.trained:
+        rate = report.trained / max(report.seconds, 1e-9)
+        click.echo(f"trained {report.trained} model(s) in {report.seconds:.1f}s "
+                   f"({rate:.1f} models/s); mean target accuracy {report.mean_target_acc:.3f}")
+    if report.interrupted:
+        click.echo("interrupted: the runs trained so far are saved; run again to continue",
+                   err=True)
+        sys.exit(130)
+
+
 @cli.command()
 @click.argument("folder", type=click.Path(file_okay=False), default="dmdb-quickstart")
 @click.option("--runs", type=int, default=2000, show_default=True, help="Runs to create.")

@@ -1,0 +1,242 @@
+"""Tests of the datamodel Lasso (dmdb.lasso): oracles, identities and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import Lasso
+
+from dmdb.errors import DeviceError, FitError, InputError, UsageError
+from dmdb.lasso import DatamodelLasso, GramStats, array_chunks
+from dmdb.lasso_solvers import (
+    GramOperator,
+    StreamOperator,
+    _gap_np,
+    fista_path,
+    lambda_grid,
+    reference_path,
+)
+
+
+def make_runs(n, n_feat, n_tgt, seed=0, noise=1.0, n_val=200):
+    """Bernoulli(0.5) masks, sparse heavy-tailed weights, margins with mean 2."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((n + n_val, n_feat)) < 0.5
+    w = np.zeros((n_feat, n_tgt))
+    for j in range(n_tgt):
+        idx = rng.choice(n_feat, max(2, n_feat // 10), replace=False)
+        w[idx, j] = rng.standard_t(3, len(idx))
+    sd = np.sqrt(0.25 * (w**2).sum(0))
+    y = x @ w + 2.0 + noise * sd * rng.standard_normal((n + n_val, n_tgt))
+    return x[:n], y[:n], x[n:], y[n:], w
+
+
+@pytest.fixture(scope="module")
+def small():
+    return make_runs(500, 50, 5, seed=1)
+
+
+def objective(xs, yc, w, lam):
+    """(1/(2n)) ||y_c - X_s w||² + λ ||w||₁ (scikit-learn's Lasso objective)."""
+    return 0.5 * np.mean((yc - xs @ w) ** 2) + lam * np.abs(w).sum()
+
+
+def standardise(x, y):
+    mu, sd = x.mean(0), x.std(0)
+    return (x - mu) / sd, y - y.mean(0), mu, sd
+
+
+def paths(x, y, xv, yv, dtype):
+    """Reference and fast paths (every λ kept) on the same problem."""
+    stats = GramStats(x.shape[1], y.shape[1]).add(x, y)
+    prob = stats.standardize(dtype)
+    lam = lambda_grid(prob.corr.abs().amax(0).double().numpy(), 8, 1e-2)
+    xv_t, yv_t = torch.from_numpy(xv.astype(np.uint8)), torch.from_numpy(yv)
+    ref = reference_path(stats.standardize(torch.float64), lam, xv_t, yv_t, keep_path=True)
+    fast = fista_path(GramOperator(prob.gram), prob, lam, xv_t, yv_t, dtype=dtype,
+                      early_stopping=False, keep_path=True)
+    return lam, ref, fast
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fast_matches_reference_and_sklearn_objective(small, dtype):
+    x, y, xv, yv, _ = small
+    lam, ref, fast = paths(x, y, xv, yv, dtype)
+    xs, yc, _, _ = standardise(x.astype(float), y)
+    for j in range(y.shape[1]):
+        for k in (1, 3, 5, 7):
+            obj_ref = objective(xs, yc[:, j], ref.path[k][:, j], lam[j, k])
+            obj_fast = objective(xs, yc[:, j], fast.path[k][:, j], lam[j, k])
+            sk = Lasso(alpha=lam[j, k], fit_intercept=False, tol=1e-12, max_iter=100_000)
+            obj_sk = objective(xs, yc[:, j], sk.fit(xs, yc[:, j]).coef_, lam[j, k])
+            assert abs(obj_ref - obj_sk) <= 1e-8 * obj_sk
+            assert abs(obj_fast - obj_sk) <= 1e-4 * obj_sk
+
+
+def test_reference_and_fast_choose_same_penalty(small):
+    x, y, xv, yv, _ = small
+    ref = DatamodelLasso(solver="reference", early_stopping=False).fit(x, y, xv, yv)
+    fast = DatamodelLasso(dtype="float64", early_stopping=False).fit(x, y, xv, yv)
+    np.testing.assert_allclose(fast.penalty_, ref.penalty_)
+    np.testing.assert_allclose(fast.val_mse_, ref.val_mse_, rtol=1e-4)
+
+
+def test_planted_sparse_weights_are_recovered():
+    x, y, xv, yv, w = make_runs(3000, 60, 4, seed=2, noise=0.3, n_val=500)
+    est = DatamodelLasso().fit(x, y, xv, yv)
+    coef = est.coef_.toarray()
+    for j in range(w.shape[1]):
+        assert np.corrcoef(coef[j], w[:, j])[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_mask_space_identity_is_exact(small, dtype):
+    x, y, xv, yv, _ = small
+    est = DatamodelLasso(dtype=dtype).fit(x, y, xv, yv)
+    assert est.coef_.dtype == np.dtype(dtype)
+    coef = est.coef_.toarray().astype(np.float64)  # (M, N)
+    mu, sd = x.mean(0), x.std(0)
+    w_std = coef * sd  # the standardised weights the solver found
+    pred_std = y.mean(0) + ((xv - mu) / sd) @ w_std.T
+    pred_mask = est.intercept_ + xv @ coef.T
+    np.testing.assert_allclose(pred_mask, pred_std, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(est.predict(xv), pred_mask, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(est.intercept_, y.mean(0) - coef @ mu, rtol=0, atol=1e-12)
+    mse = ((yv - pred_mask) ** 2).mean(0)
+    np.testing.assert_allclose(est.val_mse_, mse, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_reported_gap_is_certified_in_float64(small, dtype):
+    x, y, xv, yv, _ = small
+    est = DatamodelLasso(dtype=dtype, tol=1e-4).fit(x, y, xv, yv)
+    prob = GramStats(x.shape[1], y.shape[1]).add(x, y).standardize(torch.float64)
+    w_std = est.coef_.toarray().astype(np.float64) * prob.sd.numpy()
+    for j in range(y.shape[1]):
+        gap = _gap_np(prob.gram.numpy(), prob.corr[:, j].numpy(), float(prob.y_var[j]),
+                      est.penalty_[j], w_std[j])
+        assert gap <= 1e-4
+        assert est.gap_[j] <= 1e-4
+
+
+def test_gram_free_matches_gram(small):
+    x, y, xv, yv, _ = small
+    kw = {"dtype": "float64", "tol": 1e-7, "early_stopping": False}
+    gram = DatamodelLasso(**kw).fit(x, y, xv, yv)
+    free = DatamodelLasso(gram=False, chunk_size=128, **kw).fit(x, y, xv, yv)
+    np.testing.assert_allclose(free.penalty_, gram.penalty_)
+    np.testing.assert_allclose(free.coef_.toarray(), gram.coef_.toarray(), atol=1e-4)
+    np.testing.assert_allclose(free.intercept_, gram.intercept_, atol=1e-4)
+
+
+def test_stream_operator_equals_gram_product(small):
+    x, y, _, _, _ = small
+    prob = GramStats(50, 5).add(x, y).standardize(torch.float64)
+    op = StreamOperator(array_chunks(x, y, 77), prob, torch.float64)
+    w = torch.randn(3, 50, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(op(w), w @ prob.gram, rtol=1e-10, atol=1e-12)
+
+
+def test_chunked_stats_equal_one_shot(small):
+    x, y, _, _, _ = small
+    one = GramStats(50, 5).add(x, y)
+    chunked = GramStats(50, 5)
+    for lo in range(0, len(x), 64):
+        chunked.add(x[lo : lo + 64].astype(np.uint8), y[lo : lo + 64].astype(np.float32))
+    assert torch.equal(one.gram_counts, chunked.gram_counts)
+    assert torch.equal(one.col_counts, chunked.col_counts)
+    xf = torch.from_numpy(x.astype(np.int64))
+    assert torch.equal(one.gram_counts.long(), xf.T @ xf)
+    p1 = one.standardize(torch.float64)
+    p2 = chunked.standardize(torch.float64)
+    torch.testing.assert_close(p1.gram, p2.gram, rtol=0, atol=1e-12)
+    torch.testing.assert_close(p1.corr, p2.corr, rtol=1e-6, atol=1e-6)  # float32 margins
+    xs, _, _, _ = standardise(x.astype(float), y)
+    np.testing.assert_allclose(p1.gram.numpy(), xs.T @ xs / len(x), atol=1e-12)
+
+
+def test_fit_stats_and_inplace_gram(small):
+    x, y, xv, yv, _ = small
+    by_arrays = DatamodelLasso().fit(x, y, xv, yv)
+    stats = GramStats(50, 5)
+    for masks, margins in array_chunks(x, y, 100)():
+        stats.add(masks, margins)
+    by_stats = DatamodelLasso(copy_gram=False).fit_stats(stats, xv, yv)
+    np.testing.assert_allclose(by_stats.coef_.toarray(), by_arrays.coef_.toarray(), atol=1e-6)
+    with pytest.raises(FitError, match="consumed"):
+        stats.add(x, y)
+
+
+def test_deterministic_and_target_batch_invariant(small):
+    x, y, xv, yv, _ = small
+    a = DatamodelLasso().fit(x, y, xv, yv)
+    b = DatamodelLasso().fit(x, y, xv, yv)
+    c = DatamodelLasso(target_batch=2, progress=True).fit(x, y, xv, yv)
+    assert (a.coef_ != b.coef_).nnz == 0
+    np.testing.assert_array_equal(a.intercept_, b.intercept_)
+    np.testing.assert_allclose(c.penalty_, a.penalty_)
+    np.testing.assert_allclose(c.coef_.toarray(), a.coef_.toarray(), atol=1e-5)
+
+
+def test_constant_columns_get_zero_weight(small):
+    x, y, xv, yv, _ = small
+    x = x.copy()
+    x[:, 3] = True
+    x[:, 7] = False
+    est = DatamodelLasso().fit(x, y, xv, yv)
+    assert est.coef_[:, [3, 7]].nnz == 0
+    assert np.isfinite(est.intercept_).all()
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"n_lambdas": 1}, "n_lambdas"),
+        ({"lambda_ratio": 0.0}, "lambda_ratio"),
+        ({"lambda_ratio": 1.0}, "lambda_ratio"),
+        ({"tol": 0.0}, "tol"),
+        ({"solver": "saga"}, "solver"),
+        ({"dtype": "float16"}, "dtype"),
+        ({"max_iter": 0}, "max_iter"),
+    ],
+)
+def test_bad_parameters_raise_usage_error(small, params, match):
+    x, y, xv, yv, _ = small
+    with pytest.raises(UsageError, match=match):
+        DatamodelLasso(**params).fit(x, y, xv, yv)
+
+
+def test_bad_data_raises_fit_error(small):
+    x, y, xv, yv, _ = small
+    est = DatamodelLasso()
+    with pytest.raises(FitError, match="at least 2 fit runs"):
+        est.fit(x[:1], y[:1], xv, yv)
+    with pytest.raises(FitError, match="at least 2 validation runs"):
+        est.fit(x, y, xv[:1], yv[:1])
+    y_const = y.copy()
+    y_const[:, 3] = 1.5
+    with pytest.raises(FitError, match="target 3 is constant"):
+        est.fit(x, y_const, xv, yv)
+    y_nan = y.copy()
+    y_nan[10, 2] = np.nan
+    with pytest.raises(FitError, match="non-finite"):
+        est.fit(x, y_nan, xv, yv)
+    yv_inf = yv.copy()
+    yv_inf[0, 0] = np.inf
+    with pytest.raises(FitError, match="non-finite"):
+        est.fit(x, y, xv, yv_inf)
+    with pytest.raises(FitError, match="same number of runs"):
+        est.fit(x, y[:-1], xv, yv)
+    with pytest.raises(FitError, match="do not match"):
+        est.fit(x, y, xv[:, :-1], yv)
+    with pytest.raises(InputError, match="0 and 1"):
+        est.fit(x.astype(np.int8) * 2, y, xv, yv)
+
+
+def test_cuda_without_gpu_raises_device_error(small):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    x, y, xv, yv, _ = small
+    with pytest.raises(DeviceError):
+        DatamodelLasso(device="cuda").fit(x, y, xv, yv)
