@@ -43,12 +43,12 @@ def draw_masks(seed: int, alpha: float, draws: np.ndarray, n_train: int) -> np.n
 
 
 def run_seeds(seed: int, draws: np.ndarray, repeats: np.ndarray) -> np.ndarray:
-    """A 63-bit model seed per (draw, repeat)."""
+    """A model seed per (draw, repeat), in [0, 2**31) so that any library accepts it."""
     key = _splitmix64(np.uint64(seed) ^ np.uint64(0x5EED5EED5EED5EED))
     with np.errstate(over="ignore"):
         mixed = _splitmix64(key + draws.astype(np.uint64) * np.uint64(1_000_003)
                             + repeats.astype(np.uint64))
-    return (mixed >> np.uint64(1)).astype(np.int64)
+    return (mixed >> np.uint64(33)).astype(np.int64)
 
 
 @dataclass
@@ -106,9 +106,10 @@ def train_runs(
                     result = trainer.train(masks[sl], seeds[sl])
                 except PartialTrainError as e:
                     _add(writer, masks[sl], seeds[sl], e.result, alpha, split, infos, sl)
+                    saved = start + e.failed_index
                     raise TrainerError(
-                        f"run {start + e.failed_index} (seed {int(seeds[start + e.failed_index])}) "
-                        f"failed: {e}; the {start + e.failed_index} run(s) before it were saved"
+                        f"run {saved} of this command (seed {int(seeds[saved])}) failed: {e}; "
+                        f"the {saved} run(s) trained before it are saved"
                     ) from e
                 _add(writer, masks[sl], seeds[sl], result, alpha, split, infos, sl)
                 out[sl] = result.margins

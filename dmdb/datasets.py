@@ -23,7 +23,8 @@ from dmdb.errors import UsageError
 __all__ = ["Dataset", "DATASETS", "load_dataset"]
 
 
-@dataclass(frozen=True)
+# eq=False: comparing arrays field by field would raise, so identity is the only equality.
+@dataclass(frozen=True, eq=False)
 class Dataset:
     """A training set and the targets whose margins the datamodels predict.
 

@@ -25,13 +25,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
 from dmdb.lasso_stats import StandardProblem
 
-ChunkSource = Callable[[], Iterable[tuple[object, object]]]
+ChunkSource = Callable[[], Iterable[tuple[Any, Any]]]
 
 #: float32 gap estimates differed from float64 recomputations by at most 1% here,
 #: so float32 aims at 0.9 tol to certify tol (0.5 cost 15% more steps for nothing).
@@ -486,7 +487,8 @@ def fista_path(
                      path, progress)
             n_dead = int((~st.alive).sum())
             # Compact lazily: copying the batch costs ~10 passes over B x N.
-            if n_dead and (n_dead * 8 >= st.tgt.numel() or queue.numel() or n_dead == len(st.alive)):
+            if n_dead and (n_dead * 8 >= st.tgt.numel() or queue.numel()
+                           or n_dead == st.tgt.numel()):
                 dead = ~st.alive
                 _harvest(st, dead, out, sparse, lambdas)
                 st = st.select(st.alive)

@@ -43,7 +43,9 @@ def _as_margin_tensor(margins: object, device: torch.device) -> torch.Tensor:
     t = t.to(device=device, dtype=torch.float64)
     if not bool(torch.isfinite(t).all()):
         bad = torch.nonzero(~torch.isfinite(t))[0].tolist()
-        raise FitError(f"margins contain a non-finite value (run {bad[0]} of the chunk, target {bad[1]})")
+        raise FitError(
+            f"margins contain a non-finite value (run {bad[0]} of the chunk, target {bad[1]})"
+        )
     return t
 
 

@@ -98,15 +98,19 @@ def queries_digest() -> str:
 
 
 def install_queries(con: duckdb.DuckDBPyConnection) -> bool:
-    """(Re)create the application views and macros if they changed; return whether they did."""
+    """(Re)create the application views and macros if they changed; return whether they did.
+
+    Views may use the same {n_train} / {n_targets} placeholders as migrations.
+    """
     digest = queries_digest()
     row = con.execute("SELECT value FROM dmdb_meta WHERE key = 'queries_digest'").fetchall()
     if row and row[0][0] == digest:
         return False
+    n_train, n_targets = con.execute("SELECT n_train, n_targets FROM experiment").fetchall()[0]
     con.execute("BEGIN TRANSACTION")
     try:
         for path in sql_files("queries"):
-            con.execute(path.read_text())
+            con.execute(render(path.read_text(), n_train=n_train, n_targets=n_targets))
         con.execute(
             "INSERT OR REPLACE INTO dmdb_meta VALUES ('queries_digest', ?)", [digest]
         )

@@ -7,7 +7,7 @@ run's subset and returns its margin on every target.
 
 Use it from the directory that contains ``examples/``::
 
-    dmdb init bc.duckdb --n-train 369 --n-targets 200   # see the README for labels
+    dmdb init bc.duckdb --train-size 369 --targets 200
     dmdb train bc.duckdb --trainer examples.logreg_plugin:train --alpha 0.5 --runs 2000
 
 or from Python::

@@ -63,7 +63,7 @@ def make_trainer(
     device : str
         'cpu', 'cuda' or 'cuda:K' (plug-ins choose their own device).
     options : mapping, optional
-        Trainer options (``--option key=value``); strings are converted.
+        Trainer options (``--set key=value``); strings are converted.
         ``mlp`` takes the fields of :class:`dmdb.trainers.mlp.MLPOptions` and
         ``impl`` ('batched' or 'loop'); plug-ins take none.
 

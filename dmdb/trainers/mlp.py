@@ -75,7 +75,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class MLPOptions:
-    """Options of the MLP recipe (``--option key=value`` on the CLI).
+    """Options of the MLP recipe (``--set key=value`` on the CLI).
 
     Attributes
     ----------
