@@ -496,6 +496,17 @@ class Database:
         return {"experiment": exp, "runs": runs, "fits": fits, "file_bytes": size}
 
 
+    def load_fit(self, fit_id: int) -> tuple[np.ndarray, Any]:
+        """A fit's bias, float64 (M,), and weights, scipy CSR (M x N), in mask space.
+
+        prediction(S) = bias + weights[:, S].sum(axis=1). Targets outside the fit's
+        target range have bias NaN and no weights.
+        """
+        from dmdb.fitting import load_fit
+
+        return load_fit(self, fit_id)
+
+
 def _decode(table: pa.Table, n_train: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Arrow (run_id, mask blob, margins array) into numpy without per-row Python."""
     k = table.num_rows
@@ -642,3 +653,4 @@ def _insert_examples(
     examples = pa.table(columns)  # noqa: F841 (read by the SQL below)
     # table and key are fixed names from this module, never user input.
     con.execute(f"INSERT INTO {table} SELECT {key}, label, pixels FROM examples")
+

@@ -52,6 +52,12 @@ _SHRINK = 0.9
 _GROW = 1.02
 _MAXSTEP = 3.0
 
+#: Step lengths tried along the Newton direction (the objective is convex along it).
+_THETAS = (1.0, 0.5, 0.25, 0.125, 1.0 / 16, 1.0 / 64)
+
+#: Most float64 entries (rows x |A|²) in one batch of support solves (32 MB).
+_SOLVE_BUDGET = 1 << 22
+
 
 @dataclass
 class PathResult:
@@ -358,6 +364,7 @@ class _Batch:
     best_k: torch.Tensor
     best_gap: torch.Tensor
     n_iter: torch.Tensor
+    newton: torch.Tensor  # (B,) bool: Newton steps still pay off at this λ
 
     def select(self, keep: torch.Tensor) -> _Batch:
         return _Batch(**{name: val[keep] for name, val in self.__dict__.items()})
@@ -385,7 +392,7 @@ def _new_batch(tgt: torch.Tensor, corr_t: torch.Tensor, step: float) -> _Batch:
         it_lam=long0.clone(), best_w=zeros(),
         best_mse=torch.full((b,), math.inf, dtype=torch.float64, device=dev),
         best_k=long0.clone(), best_gap=torch.zeros(b, dtype=torch.float64, device=dev),
-        n_iter=long0.clone(),
+        n_iter=long0.clone(), newton=torch.ones(b, dtype=torch.bool, device=dev),
     )
 
 
@@ -419,6 +426,7 @@ def fista_path(
     lipschitz_const: float | None = None,
     progress: Callable[[int], None] | None = None,
     keep_path: bool = False,
+    newton: bool = True,
 ) -> PathResult:
     """Batched FISTA over all targets, each along its own λ path.
 
@@ -457,6 +465,7 @@ def fista_path(
     dev = prob.corr.device
     n_feat, n_tgt = prob.corr.shape
     n_lam = lambdas.shape[1]
+    gram = op.gram if newton and isinstance(op, GramOperator) else None
     corr_t = prob.corr.to(dtype).T.contiguous()
     y_var = prob.y_var.to(dev, dtype)
     lam_all = torch.as_tensor(lambdas, dtype=dtype, device=dev)
@@ -498,7 +507,14 @@ def fista_path(
                     queue = queue[n_new:]
                 continue  # recompute the gap: the batch changed
             lam = lam_all[st.tgt, st.k]  # advanced rows moved to their next λ
-        _fista_step(st, op, lam, inv_l)
+        use_newton = st.newton & st.alive if gram is not None else None
+        if use_newton is not None and bool(use_newton.any()):
+            _newton_step(st, torch.nonzero(use_newton).squeeze(1), op, gram, lam)
+            if bool(use_newton.all()):
+                continue
+            _fista_step(st, op, lam, inv_l, torch.nonzero(st.alive & ~use_newton).squeeze(1))
+        else:
+            _fista_step(st, op, lam, inv_l)
     if sparse:
         out.rows, out.cols, out.vals = (np.concatenate(a) for a in zip(*sparse, strict=True))
     out.path = path
@@ -506,16 +522,24 @@ def fista_path(
 
 
 def _fista_step(
-    st: _Batch, op: Callable[[torch.Tensor], torch.Tensor], lam: torch.Tensor, inv_l: float
+    st: _Batch, op: Callable[[torch.Tensor], torch.Tensor], lam: torch.Tensor, inv_l: float,
+    rows: torch.Tensor | None = None,
 ) -> None:
-    """One FISTA step for every row; ``y C`` comes free by linearity from ``x C``."""
-    t_new = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * st.t * st.t))
-    beta = ((st.t - 1.0) / t_new)[:, None]
-    y = torch.lerp(st.x, st.x_old, -beta)  # y = x + β(x - x_old)
-    cy = torch.lerp(st.cx, st.cx_old, -beta)  # y C
-    step = st.step[:, None]
-    z = y - step * (cy - st.c)
-    thr = lam[:, None] * step
+    """One FISTA step for every row (or only ``rows``); ``y C`` comes free from ``x C``."""
+    if rows is None:
+        x, x_old, cx, cx_old, c = st.x, st.x_old, st.cx, st.cx_old, st.c
+        t, step_r, lam_r = st.t, st.step, lam
+    else:
+        x, x_old, cx, cx_old, c = st.x[rows], st.x_old[rows], st.cx[rows], st.cx_old[rows], \
+            st.c[rows]
+        t, step_r, lam_r = st.t[rows], st.step[rows], lam[rows]
+    t_new = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
+    beta = ((t - 1.0) / t_new)[:, None]
+    y = torch.lerp(x, x_old, -beta)  # y = x + β(x - x_old)
+    cy = torch.lerp(cx, cx_old, -beta)  # y C
+    step = step_r[:, None]
+    z = y - step * (cy - c)
+    thr = lam_r[:, None] * step
     # Soft-thresholding as z - clip(z, -thr, thr): two passes instead of five.
     x_new = z - torch.clamp(z, min=-thr, max=thr)
     cx_new = op(x_new)
@@ -523,18 +547,114 @@ def _fista_step(
         d = x_new - y
         dd = torch.linalg.vecdot(d, d)
         q = torch.linalg.vecdot(d, cx_new - cy) / dd.clamp_min(torch.finfo(d.dtype).tiny)
-        bad = q * st.step > 1.0
-        st.step = torch.where(bad, _SHRINK / q, torch.clamp(st.step * _GROW, max=_MAXSTEP * inv_l))
+        bad = q * step_r > 1.0
+        step_r = torch.where(bad, _SHRINK / q, torch.clamp(step_r * _GROW, max=_MAXSTEP * inv_l))
         if bool(bad.any()):
             b = bad[:, None]
-            x_new = torch.where(b, st.x, x_new)
-            cx_new = torch.where(b, st.cx, cx_new)
+            x_new = torch.where(b, x, x_new)
+            cx_new = torch.where(b, cx, cx_new)
             t_new = torch.where(bad, torch.ones_like(t_new), t_new)
-    st.x_old, st.cx_old = st.x, st.cx
-    st.x, st.cx = x_new, cx_new
-    st.t = t_new
-    st.it_lam += 1
-    st.n_iter += st.alive
+    if rows is None:
+        st.x_old, st.cx_old = st.x, st.cx
+        st.x, st.cx = x_new, cx_new
+        st.t, st.step = t_new, step_r
+        st.it_lam += 1
+        st.n_iter += st.alive
+    else:
+        st.x_old[rows], st.cx_old[rows] = x, cx
+        st.x[rows], st.cx[rows] = x_new, cx_new
+        st.t[rows], st.step[rows] = t_new, step_r
+        st.it_lam[rows] += 1
+        st.n_iter[rows] += 1
+
+
+def _newton_step(
+    st: _Batch, rows: torch.Tensor, op: Callable[[torch.Tensor], torch.Tensor],
+    gram: torch.Tensor, lam: torch.Tensor,
+) -> None:
+    """One active-set Newton step (primal-dual active set) for ``rows``, with line search.
+
+    With ``g = c - C x`` and ``u = x + g`` (the coordinate-descent point: C has a unit
+    diagonal), the active set is ``A = {|u| > λ}`` with signs ``s = sign(u)``; the
+    Newton point solves ``C_AA w_A = c_A - λ s_A`` exactly (float64 Cholesky) and is 0
+    elsewhere. The Lasso objective is convex along ``x + θ(w - x)``, so the best of a
+    few θ in (0, 1] is taken if it lowers the objective; otherwise the row goes back
+    to FISTA for the rest of this λ. Momentum restarts at the new point.
+    """
+    x, cx, c = st.x[rows], st.cx[rows], st.c[rows]
+    lam_r = lam[rows]
+    u = x + (c - cx)
+    act = u.abs() > lam_r[:, None]
+    rhs = c.double() - lam_r.double()[:, None] * torch.sign(u).double()
+    w_new = _support_solve(gram, act, rhs).to(x.dtype)
+    cw_new = op(w_new)
+    d, cd = w_new - x, cw_new - cx
+    d64, cd64 = d.double(), cd.double()
+    lin = torch.linalg.vecdot(d64, (cx - c).double())
+    quad = torch.linalg.vecdot(d64, cd64)
+    l1_0 = torch.linalg.vector_norm(x.double(), ord=1, dim=1)
+    lam64 = lam_r.double()
+    best_f = torch.zeros_like(lin)
+    best_th = torch.zeros_like(lin)
+    x64 = x.double()
+    for th in _THETAS:
+        f = th * lin + 0.5 * th * th * quad + lam64 * (
+            torch.linalg.vector_norm(x64 + th * d64, ord=1, dim=1) - l1_0)
+        better = f < best_f
+        best_f = torch.where(better, f, best_f)
+        best_th = torch.where(better, torch.full_like(best_th, th), best_th)
+    ok = best_th > 0
+    th_x = best_th.to(x.dtype)[:, None]
+    full = (best_th == 1.0)[:, None]
+    x_new = torch.where(full, w_new, x + th_x * d)
+    cx_new = torch.where(full, cw_new, cx + th_x * cd)
+    st.x[rows], st.cx[rows] = x_new, cx_new
+    st.x_old[rows], st.cx_old[rows] = x_new, cx_new
+    st.t[rows] = 1.0
+    st.newton[rows] = ok
+    st.it_lam[rows] += 1
+    st.n_iter[rows] += 1
+
+
+def _support_solve(gram: torch.Tensor, act: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Solve ``C_AA w_A = rhs_A`` per row (A = the row's True entries of ``act``).
+
+    Rows are sorted by |A| and solved in padded batches (padding is identity) of at
+    most ``_SOLVE_BUDGET`` matrix entries. A row whose Cholesky fails (C_AA singular:
+    more active features than fit runs) gets w = 0, which its line search rejects.
+
+    Returns float64 (R, N), zero outside A.
+    """
+    n_rows, n_feat = act.shape
+    out = torch.zeros(n_rows, n_feat, dtype=torch.float64, device=act.device)
+    sizes = act.sum(dim=1)
+    order = torch.argsort(sizes, stable=True)
+    # Active indices first, in increasing feature order (stable sort of the 0/1 key).
+    idx_all = torch.argsort((~act).to(torch.int8), dim=1, stable=True)
+    sizes_l = sizes[order].tolist()
+    lo = 0
+    while lo < n_rows:
+        hi = lo + 1
+        while hi < n_rows and (hi + 1 - lo) * sizes_l[hi] ** 2 <= _SOLVE_BUDGET:
+            hi += 1
+        a_max = int(sizes_l[hi - 1])
+        if a_max == 0:
+            lo = hi
+            continue
+        r = order[lo:hi]
+        idx = idx_all[r, :a_max]  # (b, a)
+        valid = torch.arange(a_max, device=act.device)[None, :] < sizes[r][:, None]
+        g = gram[idx[:, :, None], idx[:, None, :]].double()
+        vv = valid[:, :, None] & valid[:, None, :]
+        eye = torch.eye(a_max, dtype=torch.float64, device=act.device).expand_as(g)
+        g = torch.where(vv, g, eye)
+        b = torch.where(valid, torch.gather(rhs[r], 1, idx), torch.zeros((), dtype=rhs.dtype))
+        chol, info = torch.linalg.cholesky_ex(g)
+        w = torch.cholesky_solve(b[:, :, None], chol).squeeze(2)
+        w = torch.where(valid & (info == 0)[:, None] & torch.isfinite(w), w, 0.0)
+        out[r[:, None], idx] = torch.where(valid, w, out[r[:, None], idx])
+        lo = hi
+    return out
 
 
 def _advance(
@@ -580,6 +700,7 @@ def _advance(
         st.t[go] = 1.0
         st.p_old[go] = math.inf
         st.it_lam[go] = 0
+        st.newton[go] = True
         st.k[go] += 1
 
 

@@ -1,0 +1,303 @@
+"""`dmdb fit`: read runs from the database, fit every target, write the weights back.
+
+One fit = one row of ``fits``, the runs it used in ``fit_runs`` (so its metrics
+never drift as runs are added), one ``datamodels`` row per fitted target and
+the non-zero ``weights``, all written in one transaction. 'verify' runs are never
+used. The solver itself lives in :mod:`dmdb.lasso`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+
+from dmdb.db import Database
+from dmdb.devices import resolve_device
+from dmdb.errors import FitError, UsageError
+from dmdb.lasso import DatamodelLasso, GramStats
+
+# The fewest runs per split a fit accepts: enough to pick λ and to rank test runs.
+MIN_RUNS = {"fit": 10, "val": 2, "test": 3}
+CHUNK_RUNS = 4096
+
+
+@dataclass
+class FitReport:
+    """What one `dmdb fit` did."""
+
+    fit_id: int
+    n_fit: int
+    n_val: int
+    n_test: int
+    n_targets: int
+    mean_lds: float
+    mean_nnz: float
+    seconds: float
+    timings: dict[str, float]
+
+
+def parse_target_range(text: str | None, n_targets: int) -> tuple[int, int]:
+    """'lo:hi' (either side optional) into a checked half-open range."""
+    if text is None:
+        return 0, n_targets
+    lo_s, sep, hi_s = text.partition(":")
+    try:
+        lo = int(lo_s) if lo_s.strip() else 0
+        hi = int(hi_s) if sep and hi_s.strip() else (n_targets if sep else lo + 1)
+    except ValueError:
+        raise UsageError(f"--target-range takes LO:HI, got {text!r}") from None
+    if not 0 <= lo < hi <= n_targets:
+        raise UsageError(
+            f"--target-range {text} is outside the experiment's targets 0:{n_targets}"
+        )
+    return lo, hi
+
+
+def select_runs(
+    db: Database, alpha: float | None, max_fit_runs: int | None
+) -> dict[str, np.ndarray]:
+    """The run ids of each split the fit will use (run_id order; 'verify' excluded)."""
+    if max_fit_runs is not None and max_fit_runs < 1:
+        raise UsageError(f"--max-fit-runs must be positive, got {max_fit_runs}")
+    chosen = {s: db.run_ids(split=s, alpha=alpha) for s in ("fit", "val", "test")}
+    if max_fit_runs is not None:
+        chosen["fit"] = chosen["fit"][:max_fit_runs]
+    total = sum(len(v) for v in chosen.values())
+    where = f" at alpha={alpha}" if alpha is not None else ""
+    if total == 0:
+        raise FitError(f"no runs{where} to fit; train or ingest runs first")
+    for split, least in MIN_RUNS.items():
+        if len(chosen[split]) < least:
+            raise FitError(
+                f"only {len(chosen[split])} {split} run(s){where}; a fit needs at least {least} "
+                f"(splits are about 80/10/10, so train more runs)"
+            )
+    return chosen
+
+
+def correlations(pred: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column Pearson and Spearman correlations; NaN where a column is constant.
+
+    Parameters
+    ----------
+    pred, actual : float arrays of shape (n_runs, n_targets)
+    """
+    from scipy.stats import rankdata
+
+    def pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        a = a - a.mean(axis=0)
+        b = b - b.mean(axis=0)
+        denom = np.sqrt((a * a).sum(axis=0) * (b * b).sum(axis=0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(denom > 0, (a * b).sum(axis=0) / denom, np.nan)
+
+    pred = pred.astype(np.float64)
+    actual = actual.astype(np.float64)
+    return pearson(pred, actual), pearson(rankdata(pred, axis=0), rankdata(actual, axis=0))
+
+
+def fit(
+    db: Database,
+    *,
+    alpha: float | None = None,
+    max_fit_runs: int | None = None,
+    target_range: str | tuple[int, int] | None = None,
+    solver: str = "fast",
+    n_lambdas: int = 40,
+    lambda_ratio: float = 1e-2,
+    tol: float = 1e-4,
+    max_iter: int = 2000,
+    device: str = "cpu",
+    dtype: str = "float32",
+    n_threads: int | None = None,
+    early_stopping: bool = True,
+    gram: bool = True,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> FitReport:
+    """Fit a datamodel for every target (or a range of them) and store it as a new fit.
+
+    Nothing is written unless the whole fit succeeds.
+    """
+    started = time.perf_counter()
+    exp = db.experiment
+    lo, hi = (target_range if isinstance(target_range, tuple)
+              else parse_target_range(target_range, exp.n_targets))
+    if not 0 <= lo < hi <= exp.n_targets:
+        raise UsageError(f"--target-range {lo}:{hi} is outside the targets 0:{exp.n_targets}")
+    estimator = DatamodelLasso(
+        solver=solver, n_lambdas=n_lambdas, lambda_ratio=lambda_ratio, tol=tol,
+        max_iter=max_iter, device=device, dtype=dtype, n_threads=n_threads,
+        early_stopping=early_stopping, gram=gram, copy_gram=False, progress=progress,
+    )
+    estimator._check_params()
+    torch_device = resolve_device(device)
+    runs = select_runs(db, alpha, max_fit_runs)
+    echo(f"fitting targets {lo}:{hi} on {len(runs['fit'])} fit / {len(runs['val'])} val / "
+         f"{len(runs['test'])} test runs with the {solver} solver on {device}")
+
+    def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for _, masks, margins in db.iter_runs(run_ids=runs["fit"], chunk_runs=CHUNK_RUNS):
+            yield masks, margins[:, lo:hi]
+
+    t0 = time.perf_counter()
+    stats = GramStats(exp.n_train, hi - lo, gram=gram, device=torch_device)
+    total = np.zeros(hi - lo)
+    total_sq = np.zeros(hi - lo)
+    first: np.ndarray | None = None
+    for masks, margins in chunks():
+        stats.add(masks, margins)
+        first = margins[0].astype(np.float64) if first is None else first
+        centred = margins - first
+        total += centred.sum(axis=0)
+        total_sq += (centred.astype(np.float64) ** 2).sum(axis=0)
+    n = len(runs["fit"])
+    var = total_sq / n - (total / n) ** 2
+    constant = np.flatnonzero(var <= 1e-12 * (1 + np.abs(first if first is not None else 0)) ** 2)
+    if len(constant):
+        raise FitError(
+            f"target {lo + int(constant[0])} has the same margin in all {n} fit runs; "
+            "a datamodel cannot be fitted to a constant (exclude it with --target-range)"
+        )
+    stats_seconds = time.perf_counter() - t0
+    _, x_val, y_val = db.load_runs(run_ids=runs["val"])
+    estimator.fit_stats(stats, x_val, y_val[:, lo:hi], chunks if not gram else None)
+    del stats
+    _, x_test, y_test = db.load_runs(run_ids=runs["test"])
+    coef = estimator.coef_
+    pred = estimator.intercept_[None, :] + np.asarray((coef @ x_test.T.astype(np.float32)).T)
+    actual = y_test[:, lo:hi]
+    test_mse = ((pred - actual) ** 2).mean(axis=0)
+    pearson, spearman = correlations(pred, actual)
+    timings = dict(estimator.timings_) | {"stats": stats_seconds}
+    params = {
+        "solver": solver, "n_lambdas": n_lambdas, "lambda_ratio": lambda_ratio, "tol": tol,
+        "max_iter": max_iter, "dtype": dtype, "n_threads": n_threads,
+        "early_stopping": early_stopping, "gram": gram, "max_fit_runs": max_fit_runs,
+        "timings": timings,
+    }
+    wall = time.perf_counter() - started
+    fit_id = _write_fit(db, runs, lo, hi, estimator, coef, test_mse, pearson, spearman,
+                        alpha=alpha, solver=solver, device=device, params=params, wall=wall)
+    return FitReport(
+        fit_id=fit_id, n_fit=len(runs["fit"]), n_val=len(runs["val"]), n_test=len(runs["test"]),
+        n_targets=hi - lo, mean_lds=float(np.nanmean(spearman)) if np.isfinite(spearman).any()
+        else float("nan"), mean_nnz=float(estimator.nnz_.mean()), seconds=wall, timings=timings,
+    )
+
+
+def _nan_to_null(values: np.ndarray) -> pa.Array:
+    values = np.asarray(values, dtype=np.float64)
+    return pa.array(values, mask=~np.isfinite(values))
+
+
+def _write_fit(
+    db: Database, runs: dict[str, np.ndarray], lo: int, hi: int, est: DatamodelLasso,
+    coef: sp.csr_matrix, test_mse: np.ndarray, pearson: np.ndarray, spearman: np.ndarray,
+    *, alpha: float | None, solver: str, device: str, params: dict[str, Any], wall: float,
+) -> int:
+    from dmdb import __version__
+
+    k = hi - lo
+    fit_runs_tbl = pa.table({  # noqa: F841 (read by SQL)
+        "run_id": pa.array(np.concatenate([runs[s] for s in ("fit", "val", "test")])),
+        "split": pa.array([s for s in ("fit", "val", "test") for _ in runs[s]], pa.string()),
+    })
+    datamodels_tbl = pa.table({  # noqa: F841
+        "target_idx": pa.array(np.arange(lo, hi, dtype=np.int32)),
+        "bias": pa.array(est.intercept_.astype(np.float64)),
+        "penalty": pa.array(est.penalty_.astype(np.float64)),
+        "nnz": pa.array(est.nnz_.astype(np.int32)),
+        "val_mse": _nan_to_null(est.val_mse_),
+        "test_mse": _nan_to_null(test_mse),
+        "test_pearson": _nan_to_null(pearson),
+        "test_spearman": _nan_to_null(spearman),
+    })
+    rows = np.repeat(np.arange(k, dtype=np.int32), np.diff(coef.indptr)) + lo
+    weights_tbl = pa.table({  # noqa: F841
+        "target_idx": pa.array(rows.astype(np.int32)),
+        "train_idx": pa.array(coef.indices.astype(np.int32)),
+        "weight": pa.array(coef.data.astype(np.float32)),
+    })
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    with db.connection(write=True) as con:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            fit_id = int(con.execute("SELECT coalesce(max(fit_id), 0) + 1 FROM fits"
+                                     ).fetchall()[0][0])
+            con.execute(
+                "INSERT INTO fits VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [fit_id, now, solver, device, alpha, len(runs["fit"]), len(runs["val"]),
+                 len(runs["test"]), lo, hi, wall, __version__, json.dumps(params)],
+            )
+            con.execute("INSERT INTO fit_runs SELECT ?, run_id, split FROM fit_runs_tbl",
+                        [fit_id])
+            con.execute("INSERT INTO datamodels SELECT ?, * FROM datamodels_tbl", [fit_id])
+            con.execute("INSERT INTO weights SELECT ?, * FROM weights_tbl", [fit_id])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        if not db.in_memory:
+            con.execute("CHECKPOINT")
+    return fit_id
+
+
+def list_fits(db: Database) -> pa.Table:
+    """Every fit with its run counts, targets and mean LDS."""
+    return db.sql(
+        "SELECT f.fit_id, f.created_at, f.solver, f.device, f.alpha, f.n_fit, f.n_val, f.n_test, "
+        "f.target_lo || ':' || f.target_hi AS targets, round(f.wall_seconds, 2) AS seconds, "
+        "round(avg(d.test_spearman), 4) AS mean_lds, round(avg(d.nnz), 1) AS mean_nnz "
+        "FROM fits f LEFT JOIN datamodels d USING (fit_id) GROUP BY ALL ORDER BY f.fit_id"
+    )
+
+
+def drop_fit(db: Database, fit_id: int) -> None:
+    """Delete a fit and everything it wrote, in one transaction."""
+    with db.connection(write=True) as con:
+        if not con.execute("SELECT 1 FROM fits WHERE fit_id = ?", [fit_id]).fetchall():
+            raise UsageError(f"no fit {fit_id}; `dmdb fits DB` lists them")
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for table in FIT_TABLES:
+                con.execute(f"DELETE FROM {table} WHERE fit_id = ?", [fit_id])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+
+# Tables keyed by fit_id, children first; later applications add theirs here.
+FIT_TABLES = [
+    "weights", "datamodels", "fit_runs", "embeddings", "target_similarity", "verify_runs",
+    "noise_ceiling", "fits",
+]
+
+
+def load_fit(db: Database, fit_id: int) -> tuple[np.ndarray, sp.csr_matrix]:
+    """The fit's bias (M,) float64 and weights as a scipy CSR matrix (M x N), mask space.
+
+    Targets outside the fit's target range have bias NaN and no weights.
+    """
+    exp = db.experiment
+    if db.sql("SELECT count(*) FROM fits WHERE fit_id = ?", [fit_id]).column(0)[0].as_py() == 0:
+        raise UsageError(f"no fit {fit_id}; `dmdb fits DB` lists them")
+    dm = db.sql("SELECT target_idx, bias FROM datamodels WHERE fit_id = ?", [fit_id])
+    bias = np.full(exp.n_targets, np.nan)
+    bias[dm.column("target_idx").to_numpy()] = dm.column("bias").to_numpy()
+    w = db.sql("SELECT target_idx, train_idx, weight FROM weights WHERE fit_id = ?", [fit_id])
+    weights = sp.csr_matrix(
+        (w.column("weight").to_numpy(), (w.column("target_idx").to_numpy(),
+                                         w.column("train_idx").to_numpy())),
+        shape=(exp.n_targets, exp.n_train), dtype=np.float32,
+    )
+    return bias, weights
