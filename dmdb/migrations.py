@@ -107,15 +107,29 @@ def install_queries(con: duckdb.DuckDBPyConnection) -> bool:
     if row and row[0][0] == digest:
         return False
     n_train, n_targets = con.execute("SELECT n_train, n_targets FROM experiment").fetchall()[0]
+    pending = [(p.name, render(p.read_text(), n_train=n_train, n_targets=n_targets))
+               for p in sql_files("queries")]
     con.execute("BEGIN TRANSACTION")
     try:
-        for path in sql_files("queries"):
-            con.execute(render(path.read_text(), n_train=n_train, n_targets=n_targets))
+        # A view may use another one defined in a later file: retry until no progress.
+        while pending:
+            failed: list[tuple[str, str, duckdb.Error]] = []
+            for name, sql in pending:
+                try:
+                    con.execute(sql)
+                except duckdb.CatalogException as e:
+                    failed.append((name, sql, e))
+            if len(failed) == len(pending):
+                name, _, error = failed[0]
+                raise DatabaseError(f"view file {name}: {str(error).splitlines()[0]}")
+            pending = [(name, sql) for name, sql, _ in failed]
         con.execute(
             "INSERT OR REPLACE INTO dmdb_meta VALUES ('queries_digest', ?)", [digest]
         )
         con.execute("COMMIT")
-    except duckdb.Error as e:
+    except (duckdb.Error, DatabaseError) as e:
         con.execute("ROLLBACK")
+        if isinstance(e, DatabaseError):
+            raise
         raise DatabaseError(f"creating the views failed: {e}") from e
     return True
