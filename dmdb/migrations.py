@@ -109,27 +109,21 @@ def install_queries(con: duckdb.DuckDBPyConnection) -> bool:
     n_train, n_targets = con.execute("SELECT n_train, n_targets FROM experiment").fetchall()[0]
     pending = [(p.name, render(p.read_text(), n_train=n_train, n_targets=n_targets))
                for p in sql_files("queries")]
-    con.execute("BEGIN TRANSACTION")
-    try:
-        # A view may use another one defined in a later file: retry until no progress.
-        while pending:
-            failed: list[tuple[str, str, duckdb.Error]] = []
-            for name, sql in pending:
-                try:
-                    con.execute(sql)
-                except duckdb.CatalogException as e:
-                    failed.append((name, sql, e))
-            if len(failed) == len(pending):
-                name, _, error = failed[0]
-                raise DatabaseError(f"view file {name}: {str(error).splitlines()[0]}")
-            pending = [(name, sql) for name, sql, _ in failed]
-        con.execute(
-            "INSERT OR REPLACE INTO dmdb_meta VALUES ('queries_digest', ?)", [digest]
-        )
-        con.execute("COMMIT")
-    except (duckdb.Error, DatabaseError) as e:
-        con.execute("ROLLBACK")
-        if isinstance(e, DatabaseError):
-            raise
-        raise DatabaseError(f"creating the views failed: {e}") from e
+    # Each file in its own transaction: a failed statement would abort a shared one,
+    # and a view may use another defined in a later file, so retry until no progress.
+    # Views are derived objects; the digest is recorded only once all of them exist.
+    while pending:
+        failed: list[tuple[str, str, duckdb.Error]] = []
+        for name, sql in pending:
+            try:
+                con.execute(sql)
+            except duckdb.CatalogException as e:
+                failed.append((name, sql, e))
+            except duckdb.Error as e:
+                raise DatabaseError(f"view file {name}: {str(e).splitlines()[0]}") from e
+        if len(failed) == len(pending):
+            name, _, error = failed[0]
+            raise DatabaseError(f"view file {name}: {str(error).splitlines()[0]}")
+        pending = [(name, sql) for name, sql, _ in failed]
+    con.execute("INSERT OR REPLACE INTO dmdb_meta VALUES ('queries_digest', ?)", [digest])
     return True
