@@ -39,7 +39,8 @@ def run_table(masks: np.ndarray, margins: np.ndarray, alpha: float) -> pa.Table:
         "alpha": pa.array(np.full(k, alpha)),
         "mask": pa.FixedSizeBinaryArray.from_buffers(
             pa.binary(n_bytes), k, [None, pa.py_buffer(packed)]).cast(pa.binary()),
-        "margins": pa.FixedSizeListArray.from_arrays(pa.array(margins.reshape(-1)), margins.shape[1]),
+        "margins": pa.FixedSizeListArray.from_arrays(
+            pa.array(margins.reshape(-1)), margins.shape[1]),
     })
 
 

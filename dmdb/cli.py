@@ -133,7 +133,8 @@ def status(db: str) -> None:
 
     info = connect(db).status()
     exp = info["experiment"]
-    click.echo(f"{db}: experiment {exp.name!r}" + (f" (dataset {exp.dataset})" if exp.dataset else ""))
+    dataset = f" (dataset {exp.dataset})" if exp.dataset else ""
+    click.echo(f"{db}: experiment {exp.name!r}{dataset}")
     click.echo(f"  N={exp.n_train} training examples, M={exp.n_targets} targets, seed {exp.seed}, "
                f"created {exp.created_at:%Y-%m-%d %H:%M}")
     click.echo(f"  file size: {info['file_bytes'] / 2**20:.1f} MiB")

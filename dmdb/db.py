@@ -133,7 +133,8 @@ class Database:
             except duckdb.Error as e:
                 con.close()
                 if not _is_lock_error(e):
-                    raise DatabaseError(f"{self.path}: cannot open: {str(e).splitlines()[0]}") from e
+                    first = str(e).splitlines()[0]
+                    raise DatabaseError(f"{self.path}: cannot open: {first}") from e
                 if time.monotonic() >= deadline:
                     raise BusyError(
                         f"{self.path}: database is busy (another process holds it); "
@@ -143,7 +144,9 @@ class Database:
                 delay = min(delay * 2, 1.0)
 
     @contextmanager
-    def session(self, write: bool = False, create: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    def session(
+        self, write: bool = False, create: bool = False
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection for one operation; the file is released when the block ends."""
         if write and self.read_only:
             raise UsageError(f"{self.path} was opened read-only")
@@ -381,7 +384,8 @@ class Database:
     def _run_filter(
         self, split: str | None, alpha: float | None, run_ids: np.ndarray | None
     ) -> tuple[str, list[Any]]:
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         if split is None:
             clauses.append("r.split <> 'verify'")
         else:
@@ -593,7 +597,9 @@ def init(
                 con, name or (Path(path).stem if not in_memory else "memory"), dataset, n_train,
                 n_targets, seed, val_fraction, test_fraction, config or {},
             )
-            _insert_examples(con, "train_examples", "train_idx", n_train, train_labels, train_pixels)
+            _insert_examples(
+                con, "train_examples", "train_idx", n_train, train_labels, train_pixels
+            )
             _insert_examples(con, "targets", "target_idx", n_targets, target_labels, target_pixels)
             migrations.install_queries(con)
             if not in_memory:
@@ -640,7 +646,9 @@ def _insert_examples(
 ) -> None:
     columns: dict[str, pa.Array] = {key: pa.array(np.arange(n, dtype=np.int32))}
     columns["label"] = (
-        pa.array(np.asarray(labels, dtype=np.int32)) if labels is not None else pa.nulls(n, pa.int32())
+        pa.array(np.asarray(labels, dtype=np.int32))
+        if labels is not None
+        else pa.nulls(n, pa.int32())
     )
     if pixels is not None:
         flat = np.asarray(pixels, dtype=np.float32).reshape(n, -1)

@@ -14,7 +14,9 @@ DENSITY_TOLERANCE = 0.02
 
 def _check_alpha(alpha: float | None, what: str) -> float:
     if alpha is None:
-        raise UsageError(f"--alpha is required for {what}: the subset fraction the masks were drawn at")
+        raise UsageError(
+            f"--alpha is required for {what}: the subset fraction the masks were drawn at"
+        )
     if not 0 < alpha <= 1:
         raise UsageError(f"--alpha must be in (0, 1], got {alpha}")
     return alpha
@@ -56,7 +58,9 @@ def plan_sources(
     if shard_files:
         sources.append(ShardSource(shard_files))
     if not sources:
-        raise UsageError("nothing to ingest: give shard files/folders, a store, or --masks/--margins")
+        raise UsageError(
+            "nothing to ingest: give shard files/folders, a store, or --masks/--margins"
+        )
     return sources
 
 

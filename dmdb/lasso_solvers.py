@@ -52,6 +52,9 @@ _SHRINK = 0.9
 _GROW = 1.02
 _MAXSTEP = 3.0
 
+_NEWTON_AFTER = int(__import__("os").environ.get("NA", "20"))
+_NEWTON_EVERY = int(__import__("os").environ.get("NE", "10"))
+
 #: Step lengths tried along the Newton direction (the objective is convex along it).
 _THETAS = (1.0, 0.5, 0.25, 0.125, 1.0 / 16, 1.0 / 64)
 
@@ -507,7 +510,10 @@ def fista_path(
                     queue = queue[n_new:]
                 continue  # recompute the gap: the batch changed
             lam = lam_all[st.tgt, st.k]  # advanced rows moved to their next λ
-        use_newton = st.newton & st.alive if gram is not None else None
+        use_newton = None
+        if gram is not None:
+            late = st.it_lam - _NEWTON_AFTER
+            use_newton = st.newton & st.alive & (late >= 0) & (late % _NEWTON_EVERY == 0)
         if use_newton is not None and bool(use_newton.any()):
             _newton_step(st, torch.nonzero(use_newton).squeeze(1), op, gram, lam)
             if bool(use_newton.all()):

@@ -49,7 +49,9 @@ def db_version(con: duckdb.DuckDBPyConnection) -> int:
     tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
     if "dmdb_migrations" not in tables:
         if tables:
-            raise DatabaseError("this DuckDB file is not a dmdb database (no dmdb_migrations table)")
+            raise DatabaseError(
+                "this DuckDB file is not a dmdb database (no dmdb_migrations table)"
+            )
         return 0
     row = con.execute("SELECT coalesce(max(version), 0) FROM dmdb_migrations").fetchall()
     return int(row[0][0])

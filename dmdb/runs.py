@@ -24,6 +24,7 @@ of a mask therefore never straddle splits. Runs made by checks carry 'verify'.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from datetime import datetime, timezone
 
 import numpy as np
@@ -38,7 +39,7 @@ _HASH_SEED_MASK = 0x6D61736B5F696473
 _HASH_SEED_RUN = 0x72756E5F636F6E74
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
+def _splitmix64(x: Any) -> Any:
     """The splitmix64 finaliser, vectorised over uint64 (wrapping arithmetic)."""
     with np.errstate(over="ignore"):
         z = x + np.uint64(0x9E3779B97F4A7C15)

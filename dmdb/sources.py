@@ -50,7 +50,9 @@ def _list_values(col: pa.ChunkedArray | pa.Array, width: int, what: str, row0: i
     k = len(arr)
     if pa.types.is_fixed_size_list(arr.type):
         if arr.type.list_size != width:
-            raise InputError(f"{what} of row {row0} has length {arr.type.list_size}, expected {width}")
+            raise InputError(
+                f"{what} of row {row0} has length {arr.type.list_size}, expected {width}"
+            )
     elif pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
         lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
         bad = np.flatnonzero(lengths != width)
@@ -90,7 +92,8 @@ def batch_from_arrow(
     ):
         n_bytes = (n_train + 7) // 8
         if mask_col.null_count:
-            raise InputError(f"mask of row {row0 + int(np.flatnonzero(mask_col.is_null())[0])} is null")
+            row = row0 + int(np.flatnonzero(mask_col.is_null())[0])
+            raise InputError(f"mask of row {row} is null")
         lengths = (
             np.full(k, mask_col.type.byte_width)
             if pa.types.is_fixed_size_binary(mask_col.type)
@@ -134,7 +137,10 @@ def batch_from_arrow(
         seed=opt("seed").astype(np.int64) if "seed" in names else None,  # type: ignore[union-attr]
         run_id=_int64(opt("run_id"), "run_id"),
         mask_id=_int64(opt("mask_id"), "mask_id"),
-        split=np.array(table.column("split").to_pylist(), dtype=object) if "split" in names else None,
+        split=(
+            np.array(table.column("split").to_pylist(), dtype=object)
+            if "split" in names else None
+        ),
         train_acc=opt("train_acc"),
         trainer=trainer,
         info=table.column("info").to_pylist() if "info" in names else None,

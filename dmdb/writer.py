@@ -124,10 +124,13 @@ class RunWriter:
         margins = np.asarray(margins)
         k = masks.shape[0]
         if masks.ndim != 2 or masks.shape[1] != self.n_train:
-            raise InputError(f"mask must have n_train={self.n_train} entries, got {masks.shape[1:]}")
+            raise InputError(
+                f"mask must have n_train={self.n_train} entries, got {masks.shape[1:]}"
+            )
         if margins.shape != (k, self.n_targets):
             raise InputError(
-                f"margins must have n_targets={self.n_targets} entries per run, got {margins.shape[1:]}"
+                f"margins must have n_targets={self.n_targets} entries per run, "
+                f"got {margins.shape[1:]}"
             )
         if not np.isfinite(margins).all():
             raise InputError("margins contain NaN or inf")

@@ -59,7 +59,8 @@ def test_init_ingest_status_sql(tmp_path: Path) -> None:
     (["sql", "{db}", "SELECT * FROM nope"], "nope"),
     (["sql", "{db}", "DELETE FROM runs"], "read-only"),
     (["ingest", "{db}"], "nothing to ingest"),
-    (["ingest", "{db}", "--masks", "{tmp}/m.npy", "--margins", "{tmp}/y.npy"], "--alpha is required"),
+    (["ingest", "{db}", "--masks", "{tmp}/m.npy", "--margins", "{tmp}/y.npy"],
+     "--alpha is required"),
     (["ingest", "{db}", "--masks", "{tmp}/m.npy", "--margins", "{tmp}/none.npy", "--alpha", "0.5"],
      "no such file"),
 ])

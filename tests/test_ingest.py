@@ -75,7 +75,8 @@ def _bad_tables() -> list[tuple[str, pa.Table, str]]:
     bad_nan[4, 2] = np.nan
     bad_inf = margins.copy()
     bad_inf[1, 0] = np.inf
-    nonbinary = pa.array([[0, 1, 2] + [0] * (N_TRAIN - 3)] + [[0] * N_TRAIN] * 5, pa.list_(pa.int8()))
+    nonbinary = pa.array([[0, 1, 2] + [0] * (N_TRAIN - 3)] + [[0] * N_TRAIN] * 5,
+                         pa.list_(pa.int8()))
     short = pa.array([bytes(4)] * 6, pa.binary())
     padding = pa.array([bytes(4) + b"\x01"] * 6, pa.binary())
     t = run_table(masks, margins)
@@ -162,7 +163,8 @@ def test_npy_float16_memmap(db: dmdb.Database, tmp_path: Path) -> None:
     again = ingest_paths(db, [], masks=m, margins=y, alpha=0.5)
     assert again.n_new == 0
     _, _, y2 = db.load_runs()
-    assert np.allclose(np.sort(y2.ravel()), np.sort(margins.astype(np.float16).astype(np.float32).ravel()))
+    expected = margins.astype(np.float16).astype(np.float32)
+    assert np.allclose(np.sort(y2.ravel()), np.sort(expected.ravel()))
 
 
 def test_npy_density_warning(db: dmdb.Database, tmp_path: Path) -> None:

@@ -116,7 +116,8 @@ def test_plugin_failing_partway_keeps_earlier_runs(digits_db: dmdb.Database, plu
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     # Seeds are hashes; make run 2 the one with seed 2.
     monkeypatch.setattr("dmdb.collect.run_seeds", lambda seed, d, r: np.arange(len(d)))
-    with pytest.raises(TrainerError, match="run 2 of this command .*the 2 run\\(s\\) trained before it are saved"):
+    message = "run 2 of this command .*the 2 run\\(s\\) trained before it are saved"
+    with pytest.raises(TrainerError, match=message):
         train(digits_db, runs=5, alpha=0.5, trainer=f"tests.plugin_examples:{plugin}",
               progress=False, echo=lambda s: None)
     assert counts(digits_db)["runs"] == 2
