@@ -24,8 +24,8 @@ of a mask therefore never straddle splits. Runs made by checks carry 'verify'.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
