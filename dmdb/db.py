@@ -420,15 +420,20 @@ class Database:
         run_ids: np.ndarray | None = None,
         chunk_runs: int = 4096,
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Yield (run_ids, masks, margins) chunks in run_id order; see :meth:`load_runs`."""
+        """Yield (run_ids, masks, margins) chunks of about ``chunk_runs`` runs.
+
+        One pass over the tables in storage order (no sort of the fat rows), so it
+        streams data larger than memory; each chunk is sorted by run_id. See
+        :meth:`load_runs` for the arguments and array types.
+        """
         n_train = self.experiment.n_train
         where, params = self._run_filter(split, alpha, run_ids)
         query = (
             "SELECT r.run_id, k.mask, m.margins FROM runs r JOIN masks k USING (run_id) "
-            f"JOIN margins m USING (run_id) WHERE {where} ORDER BY r.run_id"
+            f"JOIN margins m USING (run_id) WHERE {where}"
         )
         with self.connection() as con:
-            reader = con.sql(query, params=params).to_arrow_reader(chunk_runs)
+            reader = con.sql(query, params=params).to_arrow_reader(min(chunk_runs, 1 << 20))
             buffered: list[pa.RecordBatch] = []
             count = 0
             for rb in reader:
@@ -447,7 +452,7 @@ class Database:
         *,
         run_ids: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Load runs into memory.
+        """Load runs into memory, in run_id order.
 
         Parameters
         ----------
@@ -465,7 +470,7 @@ class Database:
         margins : float32 array of shape (R, M)
         """
         exp = self.experiment
-        parts = list(self.iter_runs(split, alpha, run_ids=run_ids, chunk_runs=1 << 30))
+        parts = list(self.iter_runs(split, alpha, run_ids=run_ids, chunk_runs=1 << 62))
         if not parts:
             return (
                 np.zeros(0, np.int64),
@@ -474,7 +479,9 @@ class Database:
             )
         if len(parts) == 1:
             return parts[0]
-        return tuple(np.concatenate(x) for x in zip(*parts, strict=True))  # type: ignore[return-value]
+        ids, masks, margins = (np.concatenate(x) for x in zip(*parts, strict=True))
+        order = np.argsort(ids, kind="stable")
+        return ids[order], masks[order], margins[order]
 
     # -- queries -----------------------------------------------------------------------
 
@@ -525,7 +532,10 @@ def _decode(table: pa.Table, n_train: int) -> tuple[np.ndarray, np.ndarray, np.n
     values = arrays.values.to_numpy(zero_copy_only=False)
     width = arrays.type.list_size
     margins = values[arrays.offset * width : (arrays.offset + k) * width].reshape(k, width)
-    return ids, masks, margins
+    order = np.argsort(ids, kind="stable")
+    if np.all(order[:-1] < order[1:]):
+        return ids, masks, margins
+    return ids[order], masks[order], margins[order]
 
 
 def connect(

@@ -211,7 +211,7 @@ def complete(
     if batch.split is not None:
         given = np.array([s is not None for s in batch.split])
         split[given] = np.asarray(batch.split, dtype=object)[given]
-    ones = np.unpackbits(batch.masks, axis=1).sum(axis=1, dtype=np.int64)
+    ones = np.bitwise_count(batch.masks).sum(axis=1, dtype=np.int64)
     n_bytes = batch.masks.shape[1]
     mask_col = pa.FixedSizeBinaryArray.from_buffers(
         pa.binary(n_bytes), k, [None, pa.py_buffer(np.ascontiguousarray(batch.masks))]
