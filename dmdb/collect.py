@@ -20,7 +20,7 @@ import numpy as np
 from dmdb.db import Database
 from dmdb.errors import TrainerError, UsageError
 from dmdb.runs import _splitmix64
-from dmdb.trainers import PartialTrainError, Trainer, make_trainer
+from dmdb.trainers import DEFAULT_TRAINERS, PartialTrainError, Trainer, make_trainer
 from dmdb.writer import RunWriter
 
 Echo = Callable[[str], None]
@@ -108,7 +108,7 @@ def train_runs(
                     _add(writer, masks[sl], seeds[sl], e.result, alpha, split, infos, sl)
                     saved = start + e.failed_index
                     raise TrainerError(
-                        f"run {saved} of this command (seed {int(seeds[saved])}) failed: {e}; "
+                        f"run {saved} of this command (seed {int(seeds[saved])}): {e.reason}; "
                         f"the {saved} run(s) trained before it are saved"
                     ) from e
                 _add(writer, masks[sl], seeds[sl], result, alpha, split, infos, sl)
@@ -173,6 +173,10 @@ def train(
     if batch_models is not None and batch_models < 1:
         raise UsageError(f"--batch-models must be positive, got {batch_models}")
     exp = db.experiment
+    options = dict(options or {})
+    if batch_models is not None and (trainer or DEFAULT_TRAINERS.get(exp.dataset or "")) == "mlp":
+        # The MLP trains its own chunks of models; --batch-models sets their size.
+        options.setdefault("batch_models", batch_models)
     model = make_trainer(trainer, dataset_name=exp.dataset, n_train=exp.n_train,
                          n_targets=exp.n_targets, device=device, options=options)
     have, next_draw = existing_draws(db, alpha)

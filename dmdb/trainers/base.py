@@ -61,12 +61,17 @@ class PartialTrainError(TrainerError):
         that the caller can keep them.
     failed_index : int
         Position of the failing run within the batch passed to ``train``.
+    reason : str
+        What went wrong, without the position (callers add their own).
     """
 
-    def __init__(self, message: str, result: TrainResult, failed_index: int) -> None:
+    def __init__(
+        self, message: str, result: TrainResult, failed_index: int, reason: str | None = None
+    ) -> None:
         super().__init__(message)
         self.result = result
         self.failed_index = failed_index
+        self.reason = reason or message
 
 
 @runtime_checkable

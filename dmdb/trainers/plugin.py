@@ -224,4 +224,6 @@ class PluginTrainer:
             f"run {b} of the batch (seed {int(seeds[b])}): plug-in {self.name!r} {what}; "
             f"the {b} run(s) before it succeeded"
         )
-        raise PartialTrainError(message, out.head(b), b) from cause
+        raise PartialTrainError(
+            message, out.head(b), b, reason=f"plug-in {self.name!r} {what}"
+        ) from cause
