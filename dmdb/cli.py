@@ -68,19 +68,14 @@ def init(db: str, train_size: int | None, targets: int | None, dataset: str | No
 
     kwargs: dict[str, Any] = {}
     if dataset is not None:
-        from dmdb.datasets import load_dataset
+        from dmdb.datasets import experiment_kwargs
 
-        data = load_dataset(dataset)
-        for given, actual, flag in ((train_size, data.n_train, "--train-size"),
-                                    (targets, data.n_targets, "--targets")):
-            if given is not None and given != actual:
-                raise UsageError(f"{flag} {given} contradicts dataset {dataset} ({actual})")
-        train_size, targets = data.n_train, data.n_targets
-        kwargs = dict(
-            dataset=data.name, train_labels=data.y_train, target_labels=data.y_targets,
-            train_pixels=data.x_train, target_pixels=data.x_targets,
-            config={"image_shape": list(data.image_shape) if data.image_shape else None},
-        )
+        kwargs = experiment_kwargs(dataset)
+        for given, key, flag in ((train_size, "n_train", "--train-size"),
+                                 (targets, "n_targets", "--targets")):
+            if given is not None and given != kwargs[key]:
+                raise UsageError(f"{flag} {given} contradicts dataset {dataset} ({kwargs[key]})")
+        train_size, targets = kwargs.pop("n_train"), kwargs.pop("n_targets")
     if train_size is None or targets is None:
         raise UsageError("give --train-size N and --targets M, or --dataset digits")
     database = init_db(db, n_train=train_size, n_targets=targets, name=name, seed=seed,
@@ -307,15 +302,21 @@ def export(db: str, fit_id: int, fmt: str, out: str | None) -> None:
 
 @cli.command()
 @click.argument("folder", type=click.Path(file_okay=False), default="dmdb-quickstart")
-@click.option("--runs", type=int, default=2000, show_default=True, help="Runs to create.")
+@click.option("--runs", type=int, default=6000, show_default=True,
+              help="Models to train (smaller runs also shrink the checks).")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @reports_errors
-def quickstart(folder: str, runs: int) -> None:
-    """Run the whole pipeline on built-in data in FOLDER."""
-    from dmdb.quickstart import run_quickstart
+def quickstart(folder: str, runs: int, device: str, quiet: bool) -> None:
+    """Run the whole method on scikit-learn's digits in FOLDER (about 10 minutes).
 
-    if runs < 1:
-        raise UsageError(f"--runs must be positive, got {runs}")
-    run_quickstart(folder, runs=runs, echo=click.echo)
+    init, train, fit, embed, verify by retraining, noise ceiling and a report,
+    then print a summary and SQL to try next.
+    """
+    from dmdb.quickstart import QuickstartSizes, run_quickstart
+
+    run_quickstart(folder, sizes=QuickstartSizes.for_runs(runs), device=device,
+                   echo=click.echo, progress=not quiet)
 
 
 def format_table(table: pa.Table, fmt: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -120,3 +121,18 @@ def load_dataset(name: str) -> Dataset:
         known = ", ".join(sorted(DATASETS))
         raise UsageError(f"unknown dataset {name!r}; built-in datasets: {known}") from None
     return loader()
+
+
+def experiment_kwargs(name: str) -> dict[str, Any]:
+    """The arguments of :func:`dmdb.init` that set up an experiment on a built-in dataset."""
+    data = load_dataset(name)
+    return {
+        "dataset": data.name,
+        "n_train": data.n_train,
+        "n_targets": data.n_targets,
+        "train_labels": data.y_train,
+        "target_labels": data.y_targets,
+        "train_pixels": data.x_train,
+        "target_pixels": data.x_targets,
+        "config": {"image_shape": list(data.image_shape) if data.image_shape else None},
+    }

@@ -1,44 +1,127 @@
-"""`dmdb quickstart DIR`: the README's main job, end to end on built-in data."""
+"""`dmdb quickstart DIR`: the README's main job, end to end on scikit-learn's digits.
+
+init → train → fit → embed → verify (counterfactuals, brittleness, noise ceiling)
+→ report, with progress throughout, then a short summary and SQL to try next.
+Every step is the same library call the matching `dmdb` command makes.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-
 import dmdb
+from dmdb.errors import UsageError
+
+Echo = Callable[[str], None]
+
+NEXT_QUERIES = [
+    ("the 5 targets the datamodels predict best",
+     "SELECT target_idx, spearman FROM lds WHERE fit_id = {fit} ORDER BY spearman DESC LIMIT 5"),
+    ("which training images most help target 0",
+     "SELECT train_idx, weight FROM top_influencers WHERE fit_id = {fit} AND target_idx = 0 "
+     "AND sign = '+' ORDER BY rank"),
+    ("the predicted margin of every target if examples 0-99 were removed",
+     "SELECT target_idx, predicted FROM predict_removal({fit}, range(100)) ORDER BY predicted "
+     "LIMIT 5"),
+]
+
+
+@dataclass
+class QuickstartSizes:
+    """How big each step is; the defaults are the full-size run (about 10 minutes)."""
+
+    runs: int = 6000
+    alpha: float = 0.5
+    verify_targets: int = 20
+    verify_models: int = 20
+    ks: tuple[int, ...] = (10, 20, 40)
+    brittleness_targets: int = 20
+    ceiling_masks: int = 100
+    ceiling_seeds: int = 10
+
+    @classmethod
+    def for_runs(cls, runs: int) -> QuickstartSizes:
+        """Scale the checks with --runs, so a small quickstart is quick throughout."""
+        if runs < 1:
+            raise UsageError(f"--runs must be positive, got {runs}")
+        if runs >= 3000:
+            return cls(runs=runs)
+        return cls(runs=runs, verify_targets=6, verify_models=6, ks=(10, 40),
+                   brittleness_targets=6, ceiling_masks=24, ceiling_seeds=5)
 
 
 def run_quickstart(
-    folder: str | Path, *, runs: int = 2000, echo: Callable[[str], None] = print
-) -> dmdb.Database:
-    """Create DIR/digits.duckdb and fill it.
+    folder: str | Path,
+    *,
+    sizes: QuickstartSizes | None = None,
+    device: str = "cpu",
+    echo: Echo = print,
+    progress: bool = True,
+) -> dict[str, object]:
+    """Run everything in ``folder`` and return the summary figures."""
+    from dmdb.applications import embed
+    from dmdb.collect import train
+    from dmdb.datasets import experiment_kwargs
+    from dmdb.fitting import fit
+    from dmdb.report import report
+    from dmdb.verify import ceiling, verify
 
-    Until `dmdb train` and `dmdb fit` exist this is the foundation demo: init on
-    the digits shape, ingest generated runs from Arrow, and report the status.
-    """
+    sizes = sizes or QuickstartSizes()
+    started = time.perf_counter()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "demo.duckdb"
-    n_train, n_targets = 1297, 500
-    db = dmdb.init(path, n_train=n_train, n_targets=n_targets, name="demo", force=True)
-    echo(f"created {path} (N={n_train}, M={n_targets})")
-    rng = np.random.default_rng(0)
-    masks = rng.random((runs, n_train)) < 0.5
-    w = rng.standard_t(3, (n_train, n_targets)) * (rng.random((n_train, n_targets)) < 0.03)
-    margins = (masks @ w + rng.normal(0, 1, (runs, n_targets))).astype(np.float32)
-    packed = np.packbits(masks, axis=1)
-    table = pa.table({
-        "alpha": pa.array(np.full(runs, 0.5)),
-        "seed": pa.array(np.arange(runs)),
-        "mask": pa.array([bytes(r) for r in packed], pa.binary()),
-        "margins": pa.FixedSizeListArray.from_arrays(pa.array(margins.ravel()), n_targets),
-    })
-    result = db.ingest(table, source="quickstart:generated", progress=True)
-    echo(f"ingested {result.n_new} generated runs")
-    for alpha, split, n_runs, n_masks, _, _ in db.status()["runs"]:
-        echo(f"  alpha={alpha} {split:<5} {n_runs} runs ({n_masks} masks)")
-    echo(f"next: dmdb status {path}")
-    return db
+    path = folder / "digits.duckdb"
+
+    def step(title: str) -> None:
+        echo(f"\n== {title} ({time.perf_counter() - started:.0f}s)")
+
+    step("1/6 init")
+    db = dmdb.init(path, force=True, **experiment_kwargs("digits"))
+    echo(f"created {path}: digits, N={db.experiment.n_train} training images, "
+         f"M={db.experiment.n_targets} targets")
+    step(f"2/6 train {sizes.runs} models on random {sizes.alpha:.0%} subsets")
+    trained = train(db, runs=sizes.runs, alpha=sizes.alpha, device=device, progress=progress,
+                    echo=echo)
+    echo(f"{trained.trained} models, mean target accuracy {trained.mean_target_acc:.3f}")
+    step("3/6 fit a sparse linear datamodel per target")
+    fitted = fit(db, device=device, progress=progress, echo=echo)
+    echo(f"fit {fitted.fit_id}: mean LDS {fitted.mean_lds:.3f} on {fitted.n_test} test runs")
+    step("4/6 embed the datamodels")
+    embed(db, fit_id=fitted.fit_id)
+    step("5/6 verify by retraining")
+    checked = verify(db, fit_id=fitted.fit_id, targets=sizes.verify_targets, ks=sizes.ks,
+                     models=sizes.verify_models, brittleness_targets=sizes.brittleness_targets,
+                     device=device, progress=progress, echo=echo)
+    echo(checked.summary())
+    noise = ceiling(db, fit_id=fitted.fit_id, masks=sizes.ceiling_masks,
+                    seeds=sizes.ceiling_seeds, device=device, progress=progress, echo=echo)
+    echo(noise.summary())
+    step("6/6 report")
+    index = report(db, folder / "report", fit_id=fitted.fit_id, progress=progress, echo=echo)
+    seconds = time.perf_counter() - started
+    summary: dict[str, object] = {
+        "database": str(path), "report": str(index), "runs": sizes.runs,
+        "fit_id": fitted.fit_id, "mean_lds": fitted.mean_lds,
+        "counterfactual_pearson": checked.pearson, "slope": checked.slope,
+        "flip_fraction": checked.flip_fraction, "flip_fraction_random": checked.flip_fraction_random,
+        "attainable_lds": noise.attainable, "seconds": seconds,
+    }
+    echo(f"\n== done in {seconds:.0f}s")
+    echo(f"runs: {sizes.runs} at alpha={sizes.alpha}; mean LDS {fitted.mean_lds:.3f} "
+         f"(attainable about {noise.attainable:.3f}: {fitted.mean_lds / noise.attainable:.0%} "
+         "of the noise ceiling)")
+    echo(f"counterfactuals: predicted vs actual change r = {checked.pearson:.2f} "
+         f"(actual/predicted slope {checked.slope:.2f}); support sets flip "
+         f"{checked.flip_fraction:.0%} of targets vs {checked.flip_fraction_random:.0%} "
+         "for random removals")
+    echo(f"database: {path}")
+    echo(f"report:   {index}")
+    echo("\nTry next (DuckDB shell: duckdb -readonly " + str(path) + "):")
+    for what, query in NEXT_QUERIES:
+        echo(f"  -- {what}")
+        echo(f"  dmdb sql {path} \"{query.format(fit=fitted.fit_id)}\"")
+    return summary
+
