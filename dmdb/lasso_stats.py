@@ -19,9 +19,16 @@ from dmdb.errors import FitError, InputError
 _CENTRE_BLOCK = 256
 
 
+def _as_tensor(a: object) -> torch.Tensor:
+    """``torch.as_tensor``, copying read-only arrays (e.g. Arrow buffers) instead of warning."""
+    if isinstance(a, np.ndarray) and not a.flags.writeable:
+        a = np.array(a)
+    return torch.as_tensor(a)
+
+
 def _as_mask_tensor(masks: object, device: torch.device) -> torch.Tensor:
     """Return ``masks`` as a uint8 0/1 tensor of shape (k, N) on ``device``."""
-    t = torch.as_tensor(masks)
+    t = _as_tensor(masks)
     if t.dim() != 2:
         raise InputError(f"masks must be 2-D (runs, train examples), got shape {tuple(t.shape)}")
     if t.dtype == torch.bool:
@@ -35,7 +42,7 @@ def _as_mask_tensor(masks: object, device: torch.device) -> torch.Tensor:
 
 def _as_margin_tensor(margins: object, device: torch.device) -> torch.Tensor:
     """Return ``margins`` as a float64 tensor of shape (k, M), checking finiteness."""
-    t = torch.as_tensor(margins)
+    t = _as_tensor(margins)
     if t.dim() != 2:
         raise InputError(f"margins must be 2-D (runs, targets), got shape {tuple(t.shape)}")
     if not t.dtype.is_floating_point:

@@ -106,7 +106,8 @@ def run_quickstart(
         "database": str(path), "report": str(index), "runs": sizes.runs,
         "fit_id": fitted.fit_id, "mean_lds": fitted.mean_lds,
         "counterfactual_pearson": checked.pearson, "slope": checked.slope,
-        "flip_fraction": checked.flip_fraction, "flip_fraction_random": checked.flip_fraction_random,
+        "flip_fraction": checked.flip_fraction,
+        "flip_fraction_random": checked.flip_fraction_random,
         "attainable_lds": noise.attainable, "seconds": seconds,
     }
     echo(f"\n== done in {seconds:.0f}s")

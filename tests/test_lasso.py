@@ -18,6 +18,8 @@ from dmdb.lasso_solvers import (
     reference_path,
 )
 
+torch.set_num_threads(1)  # the tests are small: threads only add contention on 2 cores
+
 
 def make_runs(n, n_feat, n_tgt, seed=0, noise=1.0, n_val=200):
     """Bernoulli(0.5) masks, sparse heavy-tailed weights, margins with mean 2."""
@@ -47,7 +49,7 @@ def standardise(x, y):
     return (x - mu) / sd, y - y.mean(0), mu, sd
 
 
-def paths(x, y, xv, yv, dtype):
+def paths(x, y, xv, yv, dtype, newton=None):
     """Reference and fast paths (every λ kept) on the same problem."""
     stats = GramStats(x.shape[1], y.shape[1]).add(x, y)
     prob = stats.standardize(dtype)
@@ -55,7 +57,7 @@ def paths(x, y, xv, yv, dtype):
     xv_t, yv_t = torch.from_numpy(xv.astype(np.uint8)), torch.from_numpy(yv)
     ref = reference_path(stats.standardize(torch.float64), lam, xv_t, yv_t, keep_path=True)
     fast = fista_path(GramOperator(prob.gram), prob, lam, xv_t, yv_t, dtype=dtype,
-                      early_stopping=False, keep_path=True)
+                      early_stopping=False, keep_path=True, newton=newton)
     return lam, ref, fast
 
 
@@ -72,6 +74,46 @@ def test_fast_matches_reference_and_sklearn_objective(small, dtype):
             obj_sk = objective(xs, yc[:, j], sk.fit(xs, yc[:, j]).coef_, lam[j, k])
             assert abs(obj_ref - obj_sk) <= 1e-8 * obj_sk
             assert abs(obj_fast - obj_sk) <= 1e-4 * obj_sk
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fewer_runs_than_features_match_sklearn_objective(dtype):
+    # n < N: the Gram is rank-deficient, and Newton steps are the default.
+    # (The reference CD needs minutes here: too ill-conditioned for a 1e-10 gap.)
+    x, y, xv, yv, _ = make_runs(40, 70, 3, seed=3, n_val=30)
+    prob = GramStats(70, 3).add(x, y).standardize(dtype)
+    lam = lambda_grid(prob.corr.abs().amax(0).double().numpy(), 8, 1e-2)
+    xv_t, yv_t = torch.from_numpy(xv.astype(np.uint8)), torch.from_numpy(yv)
+    fast = fista_path(GramOperator(prob.gram), prob, lam, xv_t, yv_t, dtype=dtype,
+                      early_stopping=False, keep_path=True)
+    assert fast.n_capped == 0
+    xs, yc, _, _ = standardise(x.astype(float), y)
+    for j in range(y.shape[1]):
+        for k in (2, 5, 7):
+            sk = Lasso(alpha=lam[j, k], fit_intercept=False, tol=1e-12, max_iter=200_000)
+            obj_sk = objective(xs, yc[:, j], sk.fit(xs, yc[:, j]).coef_, lam[j, k])
+            obj_fast = objective(xs, yc[:, j], fast.path[k][:, j], lam[j, k])
+            assert abs(obj_fast - obj_sk) <= 1e-4 * obj_sk
+
+
+def test_newton_steps_match_reference_when_runs_exceed_features(small):
+    x, y, xv, yv, _ = small
+    lam, ref, fast = paths(x, y, xv, yv, torch.float64, newton=True)
+    xs, yc, _, _ = standardise(x.astype(float), y)
+    for j in range(y.shape[1]):
+        for k in (1, 4, 7):
+            obj_ref = objective(xs, yc[:, j], ref.path[k][:, j], lam[j, k])
+            obj_fast = objective(xs, yc[:, j], fast.path[k][:, j], lam[j, k])
+            assert abs(obj_fast - obj_ref) <= 1e-4 * obj_ref
+
+
+def test_read_only_arrays_fit_without_warning(small, recwarn):
+    x, y, xv, yv, _ = small
+    x, y = x.copy(), y.astype(np.float32)
+    x.flags.writeable = False
+    y.flags.writeable = False
+    DatamodelLasso().fit(x, y, xv, yv)
+    assert not [w for w in recwarn if "writable" in str(w.message)]
 
 
 def test_reference_and_fast_choose_same_penalty(small):

@@ -30,7 +30,8 @@ def test_shell_opens_a_dmdb_file(tmp_path: Path) -> None:
     db.ingest(run_table(masks, margins))
     version = subprocess.run([SHELL, "-version"], capture_output=True, text=True).stdout  # type: ignore[list-item]
     assert version.startswith("v1.5")
-    rows = shell(db.path, "SELECT count(*) AS n, sum(bit_count(bits))::BIGINT AS ones FROM mask_bits")
+    rows = shell(db.path,
+                 "SELECT count(*) AS n, sum(bit_count(bits))::BIGINT AS ones FROM mask_bits")
     assert rows == [{"n": 20, "ones": int(masks.sum())}]
     rows = shell(db.path, "SELECT array_cosine_similarity(a.margins, a.margins) AS c "
                           "FROM margins a LIMIT 1")
@@ -49,3 +50,52 @@ def test_every_shipped_view_works_in_the_shell(tmp_path: Path) -> None:
     shipped = {p.stem for p in sql_files("queries")}
     for name in sorted(views & shipped):
         shell(db.path, f"SELECT * FROM {name} LIMIT 3")
+
+
+# Every application view and macro, called as a user would in the shell. Each query
+# orders its rows completely, so that the shell and Python can be compared row by row.
+APPLICATION_QUERIES = {
+    "fit_alpha": "SELECT * FROM fit_alpha ORDER BY fit_id",
+    "lds": "SELECT * FROM lds ORDER BY fit_id, target_idx",
+    "predict_subset": "SELECT * FROM predict_subset(1, [0, 3, 5, 17, 36])",
+    "predict_removal": "SELECT * FROM predict_removal(1, [2, 4, 8]) "
+                       "UNION ALL SELECT * FROM predict_removal(2, [])",
+    "top_influencers": "SELECT * FROM top_influencers ORDER BY fit_id, target_idx, sign, rank",
+    "top_influencers_k": "SELECT * FROM top_influencers_k(3, 2)",
+    "brittleness": "SELECT * FROM brittleness ORDER BY fit_id, target_idx",
+    "brittleness_curve": "SELECT * FROM brittleness_curve ORDER BY fit_id, k",
+    "leakage_candidates": "SELECT * FROM leakage_candidates ORDER BY fit_id, rank",
+}
+
+
+def same_rows(a: list[dict], b: list[dict]) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if x.keys() != y.keys():
+            return False
+        for k in x:
+            if isinstance(x[k], float) or isinstance(y[k], float):
+                if x[k] is None or y[k] is None or abs(x[k] - y[k]) > 1e-9 * (1 + abs(y[k])):
+                    return False
+            elif x[k] != y[k]:
+                return False
+    return True
+
+
+def test_application_views_in_the_shell(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from tests.test_views import fitted_path
+
+    path = str(fitted_path(tmp_path_factory))
+    db = dmdb.connect(path, read_only=True)
+    shipped = {p.stem for p in sql_files("queries")}
+    macros = {r["name"] for r in db.sql(
+        "SELECT DISTINCT function_name AS name FROM duckdb_functions() "
+        "WHERE function_type = 'table_macro' AND NOT internal").to_pylist()}
+    views = {r["name"] for r in db.sql(
+        "SELECT view_name AS name FROM duckdb_views() WHERE NOT internal").to_pylist()}
+    assert set(APPLICATION_QUERIES) <= (macros | views) & shipped
+    for name, query in APPLICATION_QUERIES.items():
+        python = db.sql(query).to_pylist()
+        assert python, name  # the fitted database gives every query rows
+        assert same_rows(shell(path, query), python), name
