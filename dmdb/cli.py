@@ -301,6 +301,55 @@ def export(db: str, fit_id: int, fmt: str, out: str | None) -> None:
 
 
 @cli.command()
+@db_argument
+@click.option("--fit", "fit_id", type=int, help="The fit (default: the latest).")
+@click.option("--components", type=int, default=32, show_default=True,
+              help="PCA components per target.")
+@click.option("--clusters", type=int, default=10, show_default=True,
+              help="Spectral clusters of the targets.")
+@click.option("--neighbours", type=int, default=10, show_default=True,
+              help="Most similar targets kept per target in target_similarity.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@reports_errors
+def embed(db: str, fit_id: int | None, components: int, clusters: int, neighbours: int,
+          seed: int) -> None:
+    """Embed the targets' datamodels: PCA, spectral clusters and nearest targets.
+
+    Writes the embeddings and target_similarity tables for the fit.
+    """
+    from dmdb.applications import embed as embed_fit
+    from dmdb.db import connect
+
+    report = embed_fit(connect(db), fit_id=fit_id, components=components, clusters=clusters,
+                       neighbours=neighbours, seed=seed)
+    click.echo(f"fit {report.fit_id}: {report.n_targets} targets embedded in "
+               f"{report.components} components "
+               f"({report.explained_variance:.0%} of the weight variance), "
+               f"{report.clusters} clusters, {report.n_similarities} similar pairs")
+    for note in report.notes:
+        click.echo(f"note: {note}")
+
+
+@cli.command()
+@db_argument
+@click.option("--fit", "fit_id", type=int, help="The fit (default: the latest).")
+@click.option("--top", type=int, default=50, show_default=True, help="Pairs to show.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True)
+@reports_errors
+def leakage(db: str, fit_id: int | None, top: int, fmt: str) -> None:
+    """Train-test leakage candidates: training examples holding much of a target's weight.
+
+    Adds the pixel distance and whether the labels agree, to tell near-duplicates
+    from mere influence.
+    """
+    from dmdb.applications import leakage as leakage_pairs
+    from dmdb.db import connect
+
+    click.echo(format_table(leakage_pairs(connect(db), fit_id=fit_id, top=top), fmt), nl=False)
+
+
+@cli.command()
 @click.argument("folder", type=click.Path(file_okay=False), default="dmdb-quickstart")
 @click.option("--runs", type=int, default=6000, show_default=True,
               help="Models to train (smaller runs also shrink the checks).")

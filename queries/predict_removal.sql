@@ -1,0 +1,22 @@
+-- predict_removal(fit, removed): each target's expected margin when examples are removed.
+-- Parameters: fit (a fit_id); removed (a LIST of train_idx, possibly empty: []).
+-- Columns: target_idx, predicted (= bias + alpha * sum of the target's weights outside removed).
+-- This is the removal protocol of DESIGN.md, which `dmdb verify` retrains under: a model
+-- trained on a Bernoulli(alpha) subset of the training set with the removed examples
+-- excluded. alpha comes from view fit_alpha. One row for every target of the fit.
+-- Example: remove examples 3 and 17; nothing removed:
+--   SELECT * FROM predict_removal(1, [3, 17]);
+--   SELECT * FROM predict_removal(1, []);
+CREATE OR REPLACE MACRO predict_removal(fit, removed) AS TABLE
+SELECT d.target_idx, d.bias + a.alpha * coalesce(s.kept, 0) AS predicted
+FROM datamodels d
+JOIN fit_alpha a USING (fit_id)
+LEFT JOIN (
+    SELECT w.target_idx, sum(w.weight) AS kept
+    FROM weights w
+    ANTI JOIN (SELECT unnest(removed)::INTEGER AS train_idx) gone USING (train_idx)
+    WHERE w.fit_id = fit
+    GROUP BY w.target_idx
+) s USING (target_idx)
+WHERE d.fit_id = fit
+ORDER BY d.target_idx;
