@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from dmdb.cli import cli
 from tests.conftest import make_runs
 
-COMMANDS = ["init", "ingest", "status", "sql"]
+COMMANDS = ["init", "ingest", "status", "sql", "train", "fit", "fits", "export", "embed", "leakage",
+            "quickstart"]
 
 
 def run(*args: str) -> tuple[int, str, str]:
