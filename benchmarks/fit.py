@@ -14,6 +14,8 @@ per-target choice of λ by validation MSE. All timings are in this process.
 
 from __future__ import annotations
 
+import dmdb  # noqa: F401, I001  (first: it sets OMP_WAIT_POLICY before torch loads)
+
 import argparse
 import sys
 import time

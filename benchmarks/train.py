@@ -20,6 +20,8 @@ and noisy: other jobs only ever slow a timing down.
 
 from __future__ import annotations
 
+import dmdb  # noqa: F401, I001  (first: it sets OMP_WAIT_POLICY before torch loads)
+
 import argparse
 import statistics
 import time
