@@ -23,35 +23,10 @@ import scipy.sparse as sp
 
 from dmdb.db import Database
 from dmdb.errors import UsageError
+from dmdb.fitting import resolve_fit
 
 # Entries of one block of the m x m cosine matrix held at a time (float64, 64 MB).
 SIMILARITY_BLOCK = 8_000_000
-
-
-def latest_fit(db: Database) -> int:
-    """The fit_id of the newest fit.
-
-    Raises
-    ------
-    UsageError
-        When the database has no fit yet.
-    """
-    fit_id = db.sql("SELECT max(fit_id) FROM fits").column(0)[0].as_py()
-    if fit_id is None:
-        raise UsageError("no fits yet; run `dmdb fit DB`")
-    return int(fit_id)
-
-
-def resolve_fit(db: Database, fit_id: int | None) -> int:
-    """``fit_id`` checked to exist, or the latest fit when it is None."""
-    if fit_id is None:
-        return latest_fit(db)
-    if isinstance(fit_id, bool) or not isinstance(fit_id, int | np.integer):
-        raise UsageError(f"--fit takes a fit_id (an integer), got {fit_id!r}")
-    found = db.sql("SELECT count(*) FROM fits WHERE fit_id = ?", [int(fit_id)]).column(0)[0]
-    if found.as_py() == 0:
-        raise UsageError(f"no fit {fit_id}; `dmdb fits DB` lists them")
-    return int(fit_id)
 
 
 # -- leakage -----------------------------------------------------------------------------

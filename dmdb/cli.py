@@ -350,8 +350,78 @@ def leakage(db: str, fit_id: int | None, top: int, fmt: str) -> None:
 
 
 @cli.command()
+@db_argument
+@click.option("--fit", "fit_id", type=int, help="The fit to check (default: the latest).")
+@click.option("--ceiling", is_flag=True,
+              help="Measure the noise ceiling instead: several seeds on fresh masks.")
+@click.option("--targets", type=int, default=20, show_default=True,
+              help="Targets whose top influencers are removed.")
+@click.option("--k", "ks", type=int, multiple=True, help="Removal sizes (default 10 20 40).")
+@click.option("--models", type=int, default=20, show_default=True,
+              help="Models retrained per condition.")
+@click.option("--brittleness-targets", type=int, default=20, show_default=True,
+              help="Targets whose estimated support set is removed.")
+@click.option("--masks", type=int, default=100, show_default=True,
+              help="--ceiling: fresh masks.")
+@click.option("--seeds", type=int, default=10, show_default=True,
+              help="--ceiling: models (seeds) per mask.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--trainer", help="Override the trainer recorded on the fit's runs.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--batch-models", type=int, help="Models trained together in one batch.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="A trainer option (repeatable).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@reports_errors
+def verify(db: str, fit_id: int | None, ceiling: bool, targets: int, ks: tuple[int, ...],
+           models: int, brittleness_targets: int, masks: int, seeds: int, seed: int,
+           trainer: str | None, device: str, batch_models: int | None,
+           settings: tuple[str, ...], quiet: bool) -> None:
+    """Check a fit by retraining: counterfactual removals, brittleness, noise ceiling.
+
+    Retrains with the experiment's own trainer on Bernoulli(alpha) subsets with
+    chosen examples removed, stores those runs with split 'verify' (see the
+    counterfactuals view), and compares the datamodel's predictions with them.
+    """
+    from dmdb.db import connect
+    from dmdb.verify import ceiling as measure_ceiling
+    from dmdb.verify import verify as verify_fit
+
+    database = connect(db)
+    options = parse_options(settings, None) or None
+    if ceiling:
+        result = measure_ceiling(database, fit_id=fit_id, masks=masks, seeds=seeds, seed=seed,
+                                 trainer=trainer, device=device, options=options,
+                                 batch_models=batch_models, progress=not quiet, echo=click.echo)
+    else:
+        result = verify_fit(database, fit_id=fit_id, targets=targets, ks=ks or (10, 20, 40),
+                            models=models, brittleness_targets=brittleness_targets, seed=seed,
+                            trainer=trainer, device=device, options=options,
+                            batch_models=batch_models, progress=not quiet, echo=click.echo)
+    click.echo(result.summary())
+
+
+@cli.command()
+@db_argument
+@click.argument("out", type=click.Path(file_okay=False), default="report")
+@click.option("--fit", "fit_id", type=int, help="The fit (default: the latest).")
+@click.option("--no-learning-curve", is_flag=True,
+              help="Do not refit on 10/25/50% of the runs for the LDS-vs-runs plot.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@reports_errors
+def report(db: str, out: str, fit_id: int | None, no_learning_curve: bool, quiet: bool) -> None:
+    """Write PNG figures and an index.html about a fit into folder OUT."""
+    from dmdb.db import connect
+    from dmdb.report import report as write_report
+
+    index = write_report(connect(db), out, fit_id=fit_id, learning_curve=not no_learning_curve,
+                         progress=not quiet, echo=click.echo)
+    click.echo(f"report: {index}")
+
+
+@cli.command()
 @click.argument("folder", type=click.Path(file_okay=False), default="dmdb-quickstart")
-@click.option("--runs", type=int, default=6000, show_default=True,
+@click.option("--runs", type=int, default=10000, show_default=True,
               help="Models to train (smaller runs also shrink the checks).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")

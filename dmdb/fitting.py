@@ -120,11 +120,14 @@ def fit(
     n_threads: int | None = None,
     early_stopping: bool = True,
     gram: bool = True,
+    learning_curve_of: int | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> FitReport:
     """Fit a datamodel for every target (or a range of them) and store it as a new fit.
 
+    ``learning_curve_of`` marks a refit on fewer runs made for another fit's
+    learning curve: it is recorded in the parameters, and :func:`latest_fit` skips it.
     Nothing is written unless the whole fit succeeds.
     """
     started = time.perf_counter()
@@ -184,6 +187,8 @@ def fit(
         "early_stopping": early_stopping, "gram": gram, "max_fit_runs": max_fit_runs,
         "timings": timings,
     }
+    if learning_curve_of is not None:
+        params["learning_curve_of"] = int(learning_curve_of)
     wall = time.perf_counter() - started
     fit_id = _write_fit(db, runs, lo, hi, estimator, coef, test_mse, pearson, spearman,
                         alpha=alpha, solver=solver, device=device, params=params, wall=wall)
@@ -249,6 +254,29 @@ def _write_fit(
         if not db.in_memory:
             con.execute("CHECKPOINT")
     return fit_id
+
+
+def latest_fit(db: Database) -> int:
+    """The newest fit that is not a learning-curve refit (see :func:`fit`)."""
+    fit_id = db.sql(
+        "SELECT max(fit_id) FROM fits "
+        "WHERE json_extract_string(parameters, '$.learning_curve_of') IS NULL"
+    ).column(0)[0].as_py()
+    if fit_id is None:
+        raise UsageError("no fits yet; run `dmdb fit DB`")
+    return int(fit_id)
+
+
+def resolve_fit(db: Database, fit_id: int | None) -> int:
+    """``fit_id`` checked to exist, or the latest fit when it is None."""
+    if fit_id is None:
+        return latest_fit(db)
+    if isinstance(fit_id, bool) or not isinstance(fit_id, int | np.integer):
+        raise UsageError(f"--fit takes a fit_id (an integer), got {fit_id!r}")
+    found = db.sql("SELECT count(*) FROM fits WHERE fit_id = ?", [int(fit_id)]).column(0)[0]
+    if found.as_py() == 0:
+        raise UsageError(f"no fit {fit_id}; `dmdb fits DB` lists them")
+    return int(fit_id)
 
 
 def list_fits(db: Database) -> pa.Table:

@@ -33,7 +33,7 @@ NEXT_QUERIES = [
 class QuickstartSizes:
     """How big each step is; the defaults are the full-size run (about 10 minutes)."""
 
-    runs: int = 6000
+    runs: int = 10000
     alpha: float = 0.5
     verify_targets: int = 20
     verify_models: int = 20
@@ -47,7 +47,7 @@ class QuickstartSizes:
         """Scale the checks with --runs, so a small quickstart is quick throughout."""
         if runs < 1:
             raise UsageError(f"--runs must be positive, got {runs}")
-        if runs >= 3000:
+        if runs >= 3000:  # full-size checks
             return cls(runs=runs)
         return cls(runs=runs, verify_targets=6, verify_models=6, ks=(10, 40),
                    brittleness_targets=6, ceiling_masks=24, ceiling_seeds=5)
@@ -108,11 +108,11 @@ def run_quickstart(
         "counterfactual_pearson": checked.pearson, "slope": checked.slope,
         "flip_fraction": checked.flip_fraction,
         "flip_fraction_random": checked.flip_fraction_random,
-        "attainable_lds": noise.attainable, "seconds": seconds,
+        "attainable_lds": noise.attainable_lds, "seconds": seconds,
     }
     echo(f"\n== done in {seconds:.0f}s")
     echo(f"runs: {sizes.runs} at alpha={sizes.alpha}; mean LDS {fitted.mean_lds:.3f} "
-         f"(attainable about {noise.attainable:.3f}: {fitted.mean_lds / noise.attainable:.0%} "
+         f"(attainable about {noise.attainable_lds:.3f}: {fitted.mean_lds / noise.attainable_lds:.0%} "
          "of the noise ceiling)")
     echo(f"counterfactuals: predicted vs actual change r = {checked.pearson:.2f} "
          f"(actual/predicted slope {checked.slope:.2f}); support sets flip "

@@ -382,7 +382,8 @@ def _learning_curve_points(ctx: _Context) -> tuple[list[tuple[int, float, int]],
                     for f in LEARNING_CURVE_FRACTIONS} - {row["n_fit"]})
     params = json.loads(row["parameters"] or "{}")
     accepted = set(inspect.signature(refit).parameters) - {"alpha", "max_fit_runs",
-                                                           "target_range", "progress", "echo"}
+                                                           "target_range", "progress", "echo",
+                                                           "learning_curve_of"}
     kwargs = {k: v for k, v in params.items() if k in accepted}
     points, notes = [], []
     for n in sizes:
@@ -391,11 +392,11 @@ def _learning_curve_points(ctx: _Context) -> tuple[list[tuple[int, float, int]],
             try:
                 result = refit(db, alpha=row["alpha"], max_fit_runs=n,
                                target_range=(row["target_lo"], row["target_hi"]),
-                               progress=ctx.progress, echo=ctx.echo, **kwargs)
+                               learning_curve_of=fid, progress=ctx.progress, echo=ctx.echo,
+                               **kwargs)
             except FitError as e:
                 notes.append(f"{n} runs: {e}")
                 continue
-            _mark_learning_curve(db, result.fit_id, fid)
             found = result.fit_id
         points.append((n, _mean_lds(db, found), found))
     points.append((row["n_fit"], _mean_lds(db, fid), fid))
@@ -408,12 +409,6 @@ def _existing_fit(db: Database, row: dict[str, Any], n: int) -> int | None:
         "AND alpha IS NOT DISTINCT FROM ?",
         [n, row["target_lo"], row["target_hi"], row["alpha"]]).column(0)[0].as_py()
     return None if found is None else int(found)
-
-
-def _mark_learning_curve(db: Database, fit_id: int, of: int) -> None:
-    with db.connection(write=True) as con:
-        con.execute("UPDATE fits SET parameters = json_merge_patch(coalesce(parameters, '{}'), "
-                    "?::JSON) WHERE fit_id = ?", [json.dumps({"learning_curve_of": of}), fit_id])
 
 
 def _mean_lds(db: Database, fit_id: int) -> float:

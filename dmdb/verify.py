@@ -36,7 +36,7 @@ import scipy.sparse as sp
 from dmdb.collect import train_runs
 from dmdb.db import Database
 from dmdb.errors import TrainerError, UsageError
-from dmdb.fitting import correlations, load_fit
+from dmdb.fitting import correlations, load_fit, resolve_fit
 from dmdb.trainers import Trainer, make_trainer
 
 Echo = Callable[[str], None]
@@ -103,27 +103,6 @@ class FitUnderTest:
         return float(self.bias[target] + self.alpha * row.data[kept].astype(np.float64).sum())
 
 
-def latest_fit_id(db: Database) -> int:
-    """The newest fit that is not a learning-curve refit made by `dmdb report`."""
-    rows = db.sql(
-        "SELECT max(fit_id) FROM fits "
-        "WHERE coalesce(json_extract_string(parameters, '$.learning_curve_of'), '') = ''"
-    ).column(0).to_pylist()
-    if rows[0] is None:
-        raise UsageError(f"{db.path} has no fits yet; run `dmdb fit` first")
-    return int(rows[0])
-
-
-def resolve_fit_id(db: Database, fit_id: int | None) -> int:
-    """``fit_id`` checked to exist, or the latest fit when None."""
-    if fit_id is None:
-        return latest_fit_id(db)
-    found = db.sql("SELECT count(*) FROM fits WHERE fit_id = ?", [int(fit_id)]).column(0)
-    if found[0].as_py() == 0:
-        raise UsageError(f"no fit {fit_id}; `dmdb fits DB` lists them")
-    return int(fit_id)
-
-
 def fit_alpha(db: Database, fit_id: int) -> float:
     """fits.alpha, or the mean alpha of the fit's 'fit' runs when NULL (as view fit_alpha)."""
     value = db.sql(
@@ -138,7 +117,7 @@ def fit_alpha(db: Database, fit_id: int) -> float:
 
 def load_fit_under_test(db: Database, fit_id: int | None) -> FitUnderTest:
     """Resolve and load a fit, with its alpha and the trainer its runs were made with."""
-    fid = resolve_fit_id(db, fit_id)
+    fid = resolve_fit(db, fit_id)
     bias, weights = load_fit(db, fid)
     row = db.sql(
         "SELECT r.trainer, CAST(r.info->'$.options' AS VARCHAR) AS options, count(*) AS n "

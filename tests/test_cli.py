@@ -13,7 +13,7 @@ from dmdb.cli import cli
 from tests.conftest import make_runs
 
 COMMANDS = ["init", "ingest", "status", "sql", "train", "fit", "fits", "export", "embed", "leakage",
-            "quickstart"]
+            "verify", "report", "quickstart"]
 
 
 def run(*args: str) -> tuple[int, str, str]:

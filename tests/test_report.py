@@ -10,9 +10,9 @@ import pytest
 
 import dmdb
 from dmdb.errors import UsageError
-from dmdb.fitting import fit
+from dmdb.fitting import fit, latest_fit
 from dmdb.report import report
-from dmdb.verify import ceiling, latest_fit_id, verify
+from dmdb.verify import ceiling, verify
 from tests.conftest import make_runs, run_table
 from tests.test_verify import QUIET, digits_copy
 
@@ -62,7 +62,7 @@ def test_report_learning_curve_and_missing_data(tmp_path: Path) -> None:
     n_fit = fits[0]["n_fit"]
     assert [f["n_fit"] for f in fits[1:]] == [round(p * n_fit) for p in (0.1, 0.25, 0.5)]
     assert [f["of"] for f in fits] == [None, "1", "1", "1"]
-    assert latest_fit_id(db) == first  # learning-curve refits never become "the latest fit"
+    assert latest_fit(db) == first  # learning-curve refits never become "the latest fit"
     report(db, tmp_path / "again", **QUIET)  # the refits are reused
     assert db.sql("SELECT count(*) FROM fits").column(0)[0].as_py() == 4
 
