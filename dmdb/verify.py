@@ -703,8 +703,10 @@ class CeilingReport:
             f"  variance explained by the mask (mask_r2):     {self.mask_r2:.3f}",
             f"  attainable single-seed LDS, sqrt(mask_r2):    {self.attainable_lds:.3f}",
             f"  the fit's LDS on these masks: {self.lds_1:.3f} single seed, {self.lds_2:.3f} "
-            f"vs 2-seed means, {_fmt(self.lds_5)} vs 5-seed means, {self.lds_all:.3f} vs "
-            f"{self.n_seeds}-seed means (its test LDS: {self.fit_lds:.3f})",
+            f"vs 2-seed means, {_fmt(self.lds_5)} vs 5-seed means"
+            + (f", {self.lds_all:.3f} vs {self.n_seeds}-seed means"
+               if self.n_seeds not in (1, 2, 5) else "")
+            + f" (its test LDS: {self.fit_lds:.3f})",
             f"  the datamodel reaches {_pct(frac)} of the attainable single-seed LDS",
         ])
 
