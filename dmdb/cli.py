@@ -421,7 +421,7 @@ def report(db: str, out: str, fit_id: int | None, no_learning_curve: bool, quiet
 
 @cli.command()
 @click.argument("folder", type=click.Path(file_okay=False), default="dmdb-quickstart")
-@click.option("--runs", type=int, default=10000, show_default=True,
+@click.option("--runs", type=int, default=20000, show_default=True,
               help="Models to train (smaller runs also shrink the checks).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")

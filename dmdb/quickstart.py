@@ -33,7 +33,7 @@ NEXT_QUERIES = [
 class QuickstartSizes:
     """How big each step is; the defaults are the full-size run (about 10 minutes)."""
 
-    runs: int = 10000
+    runs: int = 20000
     alpha: float = 0.5
     verify_targets: int = 20
     verify_models: int = 20
