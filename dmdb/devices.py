@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from dmdb.errors import DeviceError
@@ -30,3 +33,16 @@ def resolve_device(name: str) -> torch.device:
             )
         return device
     raise DeviceError(f"unknown device {name!r}; use 'cpu' or 'cuda'")
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Set torch's CPU thread count for a block (None: leave it), restoring it afterwards."""
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if n is not None:
+            torch.set_num_threads(old)

@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from dmdb.devices import resolve_device
+from dmdb.devices import resolve_device, torch_threads
 from dmdb.errors import FitError, InputError, UsageError
 from dmdb.lasso_solvers import (
     ChunkSource,
@@ -213,7 +213,7 @@ class DatamodelLasso:
         """
         self._check_params()
         device = resolve_device(self.device)
-        with _threads(self.n_threads):
+        with torch_threads(self.n_threads):
             t0 = time.perf_counter()
             stats: GramStats | None = None
             for masks, margins in chunks():
@@ -304,7 +304,7 @@ class DatamodelLasso:
         x_val, y_val = _check_val(X_val, Y_val, stats.n_features, stats.n_targets)
         if not stats.has_gram and chunks is None:
             raise UsageError("stats were built with gram=False: pass the chunk source too")
-        with _threads(self.n_threads):
+        with torch_threads(self.n_threads):
             t0 = time.perf_counter()
             prob = stats.standardize(dtype, copy=copy)
             prob = _to_device(prob, device)
@@ -409,19 +409,6 @@ def _to_device(prob: StandardProblem, device: torch.device) -> StandardProblem:
     )
 
 
-class _threads:
-    """Context manager setting torch's CPU thread count, restoring it afterwards."""
-
-    def __init__(self, n: int | None) -> None:
-        self.n = n
-        self.old = torch.get_num_threads()
-
-    def __enter__(self) -> None:
-        if self.n is not None:
-            torch.set_num_threads(int(self.n))
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_num_threads(self.old)
 
 
 def _progress_bar(show: bool, total: int) -> Any:

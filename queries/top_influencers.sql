@@ -10,22 +10,4 @@
 --   FROM top_influencers t JOIN train_examples e USING (train_idx)
 --   WHERE t.fit_id = 1 AND t.target_idx = 7 AND t.sign = '+' ORDER BY t.rank;
 CREATE OR REPLACE VIEW top_influencers AS
-SELECT fit_id, target_idx, sign, rank, top.train_idx AS train_idx, top.weight AS weight
-FROM (
-    SELECT
-        fit_id, target_idx, sign,
-        unnest(picked) AS top,
-        generate_subscripts(picked, 1) AS rank
-    FROM (
-        SELECT
-            w.fit_id, w.target_idx,
-            CASE WHEN w.weight > 0 THEN '+' ELSE '-' END AS sign,
-            max_by(
-                {'train_idx': w.train_idx, 'weight': w.weight},
-                {'size': abs(w.weight), 'tie': -w.train_idx},
-                10
-            ) AS picked
-        FROM weights w
-        GROUP BY ALL
-    )
-);
+SELECT * FROM top_influencers_k(NULL, 10);

@@ -1,6 +1,6 @@
 -- top_influencers_k(fit, top_k): each target's top_k most positive and top_k most negative
 -- training examples by datamodel weight.
--- Parameters: fit (a fit_id); top_k (examples per target and sign, >= 1).
+-- Parameters: fit (a fit_id, or NULL for every fit); top_k (examples per target and sign, >= 1).
 -- Columns: fit_id, target_idx, sign ('+' helps the target's margin, '-' hurts it),
 --   rank (1 = largest |weight| of that sign), train_idx, weight.
 -- Ties in |weight| are broken by the smaller train_idx first. Only non-zero weights are
@@ -25,7 +25,7 @@ FROM (
                 top_k
             ) AS picked
         FROM weights w
-        WHERE w.fit_id = fit
+        WHERE fit IS NULL OR w.fit_id = fit
         GROUP BY ALL
     )
 )

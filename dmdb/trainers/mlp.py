@@ -60,6 +60,7 @@ import torch
 from torch import nn
 
 from dmdb.datasets import Dataset
+from dmdb.devices import torch_threads
 from dmdb.errors import UsageError
 from dmdb.trainers.base import TrainResult, check_runs, margins_from_logits
 
@@ -320,7 +321,7 @@ class ReferenceMLPTrainer:
             margins=np.empty((len(seeds), self.n_targets), dtype=np.float32),
             train_acc=np.empty(len(seeds), dtype=np.float64),
         )
-        with _threads(self.options.n_threads):
+        with torch_threads(self.options.n_threads):
             for b, (mask, seed) in enumerate(zip(masks, seeds, strict=True)):
                 result.margins[b], result.train_acc[b] = train_one_reference(
                     self.dataset, mask, int(seed), self.options, self.device
@@ -332,20 +333,6 @@ class ReferenceMLPTrainer:
 # The batched trainer.
 
 
-class _threads:
-    """Context manager: set torch's intra-op thread count, restore it afterwards."""
-
-    def __init__(self, n: int | None) -> None:
-        self.n = n
-        self.old = torch.get_num_threads()
-
-    def __enter__(self) -> None:
-        if self.n is not None:
-            torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.n is not None:
-            torch.set_num_threads(self.old)
 
 
 @dataclass
@@ -442,7 +429,7 @@ class BatchedMLPTrainer:
         margins = np.empty((n, self.n_targets), dtype=np.float32)
         train_acc = np.empty(n, dtype=np.float64)
         step = self.options.batch_models
-        with _threads(self.options.n_threads), torch.no_grad():
+        with torch_threads(self.options.n_threads), torch.no_grad():
             for start in range(0, n, step):
                 stop = min(start + step, n)
                 chunk_masks, chunk_seeds = masks[start:stop], seeds[start:stop]
