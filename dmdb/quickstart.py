@@ -111,9 +111,9 @@ def run_quickstart(
         "attainable_lds": noise.attainable_lds, "seconds": seconds,
     }
     echo(f"\n== done in {seconds:.0f}s")
+    share = fitted.mean_lds / noise.attainable_lds
     echo(f"runs: {sizes.runs} at alpha={sizes.alpha}; mean LDS {fitted.mean_lds:.3f} "
-         f"(attainable about {noise.attainable_lds:.3f}: {fitted.mean_lds / noise.attainable_lds:.0%} "
-         "of the noise ceiling)")
+         f"(attainable about {noise.attainable_lds:.3f}: {share:.0%} of the noise ceiling)")
     echo(f"counterfactuals: predicted vs actual change r = {checked.pearson:.2f} "
          f"(actual/predicted slope {checked.slope:.2f}); support sets flip "
          f"{checked.flip_fraction:.0%} of targets vs {checked.flip_fraction_random:.0%} "
