@@ -10,8 +10,8 @@ import pytest
 
 import dmdb
 from dmdb.applications import embed, leakage
-from dmdb.fitting import latest_fit
 from dmdb.errors import UsageError
+from dmdb.fitting import latest_fit
 from tests.conftest import N_TARGETS, N_TRAIN
 from tests.test_views import HAND_MADE, dense_fit, fitted_path, insert_fit
 
