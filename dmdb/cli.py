@@ -142,11 +142,12 @@ def status(db: str) -> None:
             click.echo(f"  {alpha:>6.3g} {split:<7} {n_runs:>8} {n_masks:>8} {acc_s:>11}")
     if info["fits"]:
         click.echo(f"  {'fit':>4} {'solver':<10} {'alpha':>6} {'fit/val/test':>16} {'mean LDS':>9}")
-        for fit_id, _, solver, alpha, n_fit, n_val, n_test, lds, _n in info["fits"]:
+        for fit_id, _, solver, alpha, n_fit, n_val, n_test, lds, _n, curve_of in info["fits"]:
             a = "all" if alpha is None else f"{alpha:.3g}"
             lds_s = f"{lds:.3f}" if lds is not None else "-"
+            note = f"  (learning curve of fit {curve_of})" if curve_of is not None else ""
             click.echo(f"  {fit_id:>4} {solver:<10} {a:>6} {f'{n_fit}/{n_val}/{n_test}':>16} "
-                       f"{lds_s:>9}")
+                       f"{lds_s:>9}{note}")
     else:
         click.echo("  no fits yet")
 

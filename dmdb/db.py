@@ -500,7 +500,8 @@ class Database:
             runs = con.sql("SELECT * FROM run_summary").fetchall()
             fits = con.sql(
                 "SELECT f.fit_id, f.created_at, f.solver, f.alpha, f.n_fit, f.n_val, f.n_test, "
-                "avg(d.test_spearman) AS mean_lds, count(d.target_idx) AS n_targets "
+                "avg(d.test_spearman) AS mean_lds, count(d.target_idx) AS n_targets, "
+                "json_extract_string(f.parameters, '$.learning_curve_of') AS learning_curve_of "
                 "FROM fits f LEFT JOIN datamodels d USING (fit_id) GROUP BY ALL ORDER BY fit_id"
             ).fetchall()
         size = 0 if self.in_memory else os.path.getsize(self.path)
