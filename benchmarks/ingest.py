@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 import dmdb
-from dmdb.runs import unpack_masks
+from dmdb.runs import margins_array, mask_array, unpack_masks
 
 
 def best_of(fn, repeat: int = 3) -> float:  # type: ignore[no-untyped-def]
@@ -32,15 +32,12 @@ def best_of(fn, repeat: int = 3) -> float:  # type: ignore[no-untyped-def]
 
 
 def run_table(masks: np.ndarray, margins: np.ndarray, alpha: float) -> pa.Table:
-    packed = np.packbits(masks, axis=1)
-    k, n_bytes = packed.shape
+    k = len(masks)
     return pa.table({
         "run_id": pa.array(np.arange(k, dtype=np.int64)),
         "alpha": pa.array(np.full(k, alpha)),
-        "mask": pa.FixedSizeBinaryArray.from_buffers(
-            pa.binary(n_bytes), k, [None, pa.py_buffer(packed)]).cast(pa.binary()),
-        "margins": pa.FixedSizeListArray.from_arrays(
-            pa.array(margins.reshape(-1)), margins.shape[1]),
+        "mask": mask_array(np.packbits(masks, axis=1)),
+        "margins": margins_array(margins),
     })
 
 

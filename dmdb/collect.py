@@ -19,17 +19,11 @@ import numpy as np
 
 from dmdb.db import Database
 from dmdb.errors import TrainerError, UsageError
-from dmdb.runs import _splitmix64
+from dmdb.runs import _splitmix64, check_alpha
 from dmdb.trainers import DEFAULT_TRAINERS, PartialTrainError, Trainer, make_trainer
 from dmdb.writer import RunWriter
 
 Echo = Callable[[str], None]
-
-
-def check_alpha(alpha: float) -> float:
-    if not 0 < alpha <= 1:
-        raise UsageError(f"--alpha must be in (0, 1], got {alpha}")
-    return float(alpha)
 
 
 def draw_masks(seed: int, alpha: float, draws: np.ndarray, n_train: int) -> np.ndarray:

@@ -26,7 +26,7 @@ import pyarrow as pa
 from dmdb import migrations
 from dmdb.errors import BusyError, DatabaseError, DmdbError, InputError, UsageError
 from dmdb.resources import sql_text
-from dmdb.runs import complete, unpack_masks, validate
+from dmdb.runs import binary_rows, complete, unpack_masks, validate
 from dmdb.sources import ArrowSource, Source
 
 MAX_TARGETS = 100_000  # DuckDB's ARRAY size limit (FLOAT[M])
@@ -97,17 +97,23 @@ class Database:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, read_only: bool = False, busy_timeout: float = 10.0
+        self,
+        path: str | os.PathLike[str],
+        *,
+        read_only: bool = False,
+        busy_timeout: float = 10.0,
+        _creating: bool = False,
     ) -> None:
         self.path = str(path)
         self.read_only = read_only
         self.busy_timeout = busy_timeout
         self._memory: duckdb.DuckDBPyConnection | None = None
         self._experiment: Experiment | None = None
-        self._current = False
+        # init() creates the file and its schema, so there is nothing to check or migrate.
+        self._current = _creating
         if self.in_memory:
             self._memory = duckdb.connect()
-        elif not Path(self.path).exists():
+        elif not _creating and not Path(self.path).exists():
             raise DatabaseError(f"{self.path}: no such database; create it with `dmdb init`")
 
     @property
@@ -259,8 +265,8 @@ class Database:
             if src.files and not pending:
                 return result
             staged = list(self._stage(con, src, exp))  # pass 1: validate everything
-            result.n_input = sum(t.num_rows for t in staged)
-            new = [t for t in (self._drop_existing(con, t) for t in staged) if t.num_rows]
+            result.n_input = sum(n for n, _ in staged)
+            new = [t for _, t in staged if t.num_rows]
             result.n_new = sum(t.num_rows for t in new)
             result.n_skipped = result.n_input - result.n_new
             self._write(con, new, pending, progress)
@@ -288,8 +294,8 @@ class Database:
 
     def _stage(
         self, con: duckdb.DuckDBPyConnection, src: Source, exp: Experiment
-    ) -> Iterator[pa.Table]:
-        """Validate every batch and yield it in staged (Arrow) form."""
+    ) -> Iterator[tuple[int, pa.Table]]:
+        """Validate every batch; yield its run count and its runs not yet in the database."""
         seen: dict[int, int] = {}
         for where, batch in src.batches(exp.n_train, exp.n_targets):
             validate(batch, n_train=exp.n_train, n_targets=exp.n_targets, where=where)
@@ -299,8 +305,7 @@ class Database:
                 batch, seed=exp.seed, val_fraction=exp.val_fraction, test_fraction=exp.test_fraction
             )
             table = self._dedupe_input(table, seen, where)
-            self._check_conflicts(con, table, where)
-            yield table
+            yield table.num_rows, self._drop_existing(con, table, where)
 
     @staticmethod
     def _dedupe_input(table: pa.Table, seen: dict[int, int], where: str) -> pa.Table:
@@ -318,10 +323,11 @@ class Database:
         return table if keep.all() else table.filter(pa.array(keep))
 
     @staticmethod
-    def _check_conflicts(con: duckdb.DuckDBPyConnection, staged: pa.Table, where: str) -> None:
+    def _drop_existing(con: duckdb.DuckDBPyConnection, staged: pa.Table, where: str) -> pa.Table:
+        """The staged runs not yet in the database; a known run_id with other content is refused."""
         existing = con.execute(sql_text("ingest", "existing_runs")).fetchall()
         if not existing:
-            return
+            return staged
         stored = dict(existing)
         ids = staged.column("run_id").to_numpy()
         hashes = staged.column("content_hash").to_numpy()
@@ -331,14 +337,8 @@ class Database:
                     f"{where}: run_id {rid} is already in the database with different content; "
                     "runs are never overwritten"
                 )
-
-    @staticmethod
-    def _drop_existing(con: duckdb.DuckDBPyConnection, staged: pa.Table) -> pa.Table:
-        existing = {r[0] for r in con.execute(sql_text("ingest", "existing_runs")).fetchall()}
-        if not existing:
-            return staged
-        keep = ~np.isin(staged.column("run_id").to_numpy(), np.fromiter(existing, np.int64))
-        return staged.filter(pa.array(keep))
+        keep = ~np.isin(ids, np.fromiter(stored, np.int64, len(stored)))
+        return staged if keep.all() else staged.filter(pa.array(keep))
 
     def _write(
         self,
@@ -523,19 +523,15 @@ def _decode(table: pa.Table, n_train: int) -> tuple[np.ndarray, np.ndarray, np.n
     """Arrow (run_id, mask blob, margins array) into numpy without per-row Python."""
     k = table.num_rows
     ids = table.column("run_id").to_numpy().astype(np.int64)
-    n_bytes = (n_train + 7) // 8
-    blobs = table.column("mask").combine_chunks()
-    data = np.frombuffer(blobs.buffers()[2], dtype=np.uint8)
-    start = int(np.frombuffer(blobs.buffers()[1], dtype=np.int32)[blobs.offset])
-    packed = data[start : start + k * n_bytes].reshape(k, n_bytes)
+    packed = binary_rows(table.column("mask").combine_chunks(), (n_train + 7) // 8)
     masks = unpack_masks(packed, n_train)
     arrays = table.column("margins").combine_chunks()
     values = arrays.values.to_numpy(zero_copy_only=False)
     width = arrays.type.list_size
     margins = values[arrays.offset * width : (arrays.offset + k) * width].reshape(k, width)
-    order = np.argsort(ids, kind="stable")
-    if np.all(order[:-1] < order[1:]):
+    if np.all(ids[:-1] <= ids[1:]):
         return ids, masks, margins
+    order = np.argsort(ids, kind="stable")
     return ids[order], masks[order], margins[order]
 
 
@@ -597,10 +593,7 @@ def init(
             Path(path + ".wal").unlink(missing_ok=True)
         elif not p.parent.exists():
             raise UsageError(f"{p.parent}: no such folder")
-    db = Database.__new__(Database)
-    db.path, db.read_only, db.busy_timeout, db._experiment = path, False, 10.0, None
-    db._current = True
-    db._memory = duckdb.connect() if in_memory else None
+    db = Database(path, _creating=True)
     try:
         with db.session(write=True, create=True) as con:
             migrations.migrate(con, n_train=n_train, n_targets=n_targets)

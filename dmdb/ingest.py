@@ -6,6 +6,7 @@ from pathlib import Path
 
 from dmdb.db import Database, IngestResult, connect
 from dmdb.errors import UsageError
+from dmdb.runs import check_alpha
 from dmdb.sources import NpySource, ShardSource, Source, find_shards, is_store, store_source
 
 # Warn when the masks' density disagrees with the declared alpha by more than this.
@@ -17,9 +18,7 @@ def _check_alpha(alpha: float | None, what: str) -> float:
         raise UsageError(
             f"--alpha is required for {what}: the subset fraction the masks were drawn at"
         )
-    if not 0 < alpha <= 1:
-        raise UsageError(f"--alpha must be in (0, 1], got {alpha}")
-    return alpha
+    return check_alpha(alpha)
 
 
 def _density_warning(src: NpySource) -> str | None:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from dmdb.errors import InputError
+from dmdb.errors import InputError, UsageError
 
 SPLITS = ("fit", "val", "test", "verify")
 _M64 = (1 << 64) - 1
@@ -78,6 +78,13 @@ def row_hash(rows: np.ndarray, seed: int) -> np.ndarray:
     with np.errstate(over="ignore"):
         acc = (words * keys).sum(axis=1, dtype=np.uint64) + np.uint64(n_bytes)
     return (_splitmix64(acc) >> np.uint64(1)).astype(np.int64)
+
+
+def check_alpha(alpha: float) -> float:
+    """An --alpha option checked to lie in (0, 1]."""
+    if not 0 < alpha <= 1:
+        raise UsageError(f"--alpha must be in (0, 1], got {alpha}")
+    return float(alpha)
 
 
 def assign_splits(
@@ -147,6 +154,27 @@ def unpack_masks(packed: np.ndarray, n_train: int) -> np.ndarray:
     return np.unpackbits(packed, axis=1, count=n_train).view(np.bool_)
 
 
+def mask_array(packed: np.ndarray) -> pa.Array:
+    """Packed masks, uint8 (k, n_bytes), as an Arrow binary column without a per-row copy."""
+    k, n_bytes = packed.shape
+    return pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(n_bytes), k, [None, pa.py_buffer(np.ascontiguousarray(packed))]
+    ).cast(pa.binary())
+
+
+def margins_array(margins: np.ndarray) -> pa.FixedSizeListArray:
+    """Margins, float (k, M), as an Arrow fixed-size-list column (DuckDB's FLOAT[M])."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(margins.reshape(-1)), margins.shape[1])
+
+
+def binary_rows(column: pa.Array, n_bytes: int) -> np.ndarray:
+    """A binary column whose rows all hold ``n_bytes`` bytes, as a uint8 (k, n_bytes) view."""
+    k = len(column)
+    data = np.frombuffer(column.buffers()[2], dtype=np.uint8)
+    start = int(np.frombuffer(column.buffers()[1], dtype=np.int32)[column.offset])
+    return data[start : start + k * n_bytes].reshape(k, n_bytes)
+
+
 def validate(batch: RunBatch, *, n_train: int, n_targets: int, where: str = "") -> None:
     """Check a batch against the experiment; raise InputError naming the first problem."""
     at = f"{where}: " if where else ""
@@ -212,11 +240,6 @@ def complete(
         given = np.array([s is not None for s in batch.split])
         split[given] = np.asarray(batch.split, dtype=object)[given]
     ones = np.bitwise_count(batch.masks).sum(axis=1, dtype=np.int64)
-    n_bytes = batch.masks.shape[1]
-    mask_col = pa.FixedSizeBinaryArray.from_buffers(
-        pa.binary(n_bytes), k, [None, pa.py_buffer(np.ascontiguousarray(batch.masks))]
-    ).cast(pa.binary())
-    margins_col = pa.FixedSizeListArray.from_arrays(pa.array(margins.reshape(-1)), margins.shape[1])
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     seed_col = (
         pa.array(batch.seed, type=pa.int64()) if batch.seed is not None else pa.nulls(k, pa.int64())
@@ -237,7 +260,7 @@ def complete(
             "trainer": pa.array([batch.trainer] * k, type=pa.string()),
             "source": pa.array([batch.source] * k, type=pa.string()),
             "info": pa.array(batch.info if batch.info is not None else [None] * k, pa.string()),
-            "mask": mask_col,
-            "margins": margins_col,
+            "mask": mask_array(batch.masks),
+            "margins": margins_array(margins),
         }
     )

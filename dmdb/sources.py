@@ -36,7 +36,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from dmdb.errors import InputError
-from dmdb.runs import RunBatch, pack_masks
+from dmdb.runs import RunBatch, binary_rows, pack_masks
 
 REQUIRED = ("alpha", "mask", "margins")
 OPTIONAL = ("run_id", "seed", "mask_id", "split", "train_acc", "trainer", "info")
@@ -106,9 +106,7 @@ def batch_from_arrow(
                 f"n_train={n_train} needs {n_bytes}"
             )
         flat = mask_col.cast(pa.binary()) if not pa.types.is_binary(mask_col.type) else mask_col
-        buffer = np.frombuffer(flat.buffers()[2], dtype=np.uint8)
-        offset = np.frombuffer(flat.buffers()[1], dtype=np.int32)[flat.offset]
-        packed = buffer[offset : offset + k * n_bytes].reshape(k, n_bytes).copy()
+        packed = binary_rows(flat, n_bytes).copy()
     else:
         packed = pack_masks(_list_values(mask_col, n_train, "mask", row0))
     margins_raw = _list_values(table.column("margins"), n_targets, "margins", row0)

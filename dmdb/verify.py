@@ -104,12 +104,9 @@ class FitUnderTest:
 
 
 def fit_alpha(db: Database, fit_id: int) -> float:
-    """fits.alpha, or the mean alpha of the fit's 'fit' runs when NULL (as view fit_alpha)."""
-    value = db.sql(
-        "SELECT coalesce(any_value(f.alpha), avg(r.alpha)) FROM fits f "
-        "LEFT JOIN fit_runs fr ON fr.fit_id = f.fit_id AND fr.split = 'fit' "
-        "LEFT JOIN runs r ON r.run_id = fr.run_id WHERE f.fit_id = ?", [fit_id],
-    ).column(0)[0].as_py()
+    """fits.alpha, or the mean alpha of the fit's 'fit' runs when NULL (view fit_alpha)."""
+    rows = db.sql("SELECT alpha FROM fit_alpha WHERE fit_id = ?", [fit_id]).column(0)
+    value = rows[0].as_py() if len(rows) else None
     if value is None:
         raise UsageError(f"fit {fit_id} records no runs, so its alpha is unknown")
     return float(value)

@@ -10,6 +10,7 @@ written to a Parquet shard beside the database for a later ``dmdb ingest``.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,7 @@ import pyarrow.parquet as pq
 
 from dmdb.db import Database, IngestResult
 from dmdb.errors import BusyError, InputError
-from dmdb.runs import RunBatch, pack_masks
+from dmdb.runs import RunBatch, margins_array, mask_array, pack_masks
 from dmdb.sources import BatchSource
 
 
@@ -63,8 +64,8 @@ class RunWriter:
         close_timeout: float = 120.0,
     ) -> None:
         self.db = db
-        self._quick = Database.__new__(Database)
-        self._quick.__dict__.update(db.__dict__)
+        # The same database (an in-memory one included), but quick to give up when busy.
+        self._quick = copy.copy(db)
         self._quick.busy_timeout = 0.5
         self.flush_runs = flush_runs
         self.flush_seconds = flush_seconds
@@ -236,15 +237,10 @@ class RunWriter:
 def _spill_table(batch: RunBatch) -> pa.Table:
     """A RunBatch in the public run schema, for a shard file."""
     k = len(batch)
-    n_bytes = batch.masks.shape[1]
     columns: dict[str, Any] = {
         "alpha": pa.array(batch.alpha),
-        "mask": pa.FixedSizeBinaryArray.from_buffers(
-            pa.binary(n_bytes), k, [None, pa.py_buffer(np.ascontiguousarray(batch.masks))]
-        ).cast(pa.binary()),
-        "margins": pa.FixedSizeListArray.from_arrays(
-            pa.array(batch.margins.reshape(-1)), batch.margins.shape[1]
-        ),
+        "mask": mask_array(batch.masks),
+        "margins": margins_array(batch.margins),
     }
     for name in ("run_id", "seed", "mask_id", "train_acc"):
         value = getattr(batch, name)
