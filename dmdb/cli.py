@@ -385,11 +385,13 @@ def verify(db: str, fit_id: int | None, ceiling: bool, targets: int, ks: tuple[i
     counterfactuals view), and compares the datamodel's predictions with them.
     """
     from dmdb.db import connect
+    from dmdb.verify import CeilingReport, VerifyReport
     from dmdb.verify import ceiling as measure_ceiling
     from dmdb.verify import verify as verify_fit
 
     database = connect(db)
     options = parse_options(settings, None) or None
+    result: CeilingReport | VerifyReport
     if ceiling:
         result = measure_ceiling(database, fit_id=fit_id, masks=masks, seeds=seeds, seed=seed,
                                  trainer=trainer, device=device, options=options,
