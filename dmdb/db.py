@@ -265,11 +265,17 @@ class Database:
             if src.files and not pending:
                 return result
             staged = list(self._stage(con, src, exp))  # pass 1: validate everything
-            result.n_input = sum(n for n, _ in staged)
-            new = [t for _, t in staged if t.num_rows]
+            result.n_input = sum(n for _, n, _ in staged)
+            new = [t for _, _, t in staged if t.num_rows]
             result.n_new = sum(t.num_rows for t in new)
             result.n_skipped = result.n_input - result.n_new
-            self._write(con, new, pending, progress)
+            # A shard's batches are labelled with its path: count its runs for the record.
+            per_file: dict[str, int] = {}
+            for where, n, _ in staged:
+                key = str(Path(where).resolve())
+                per_file[key] = per_file.get(key, 0) + n
+            files = [(key, per_file.get(key[0], 0)) for key in pending]
+            self._write(con, new, files, progress)
         return result
 
     @staticmethod
@@ -294,8 +300,8 @@ class Database:
 
     def _stage(
         self, con: duckdb.DuckDBPyConnection, src: Source, exp: Experiment
-    ) -> Iterator[tuple[int, pa.Table]]:
-        """Validate every batch; yield its run count and its runs not yet in the database."""
+    ) -> Iterator[tuple[str, int, pa.Table]]:
+        """Validate every batch; yield where it came from, its run count, and its new runs."""
         seen: dict[int, int] = {}
         for where, batch in src.batches(exp.n_train, exp.n_targets):
             validate(batch, n_train=exp.n_train, n_targets=exp.n_targets, where=where)
@@ -305,7 +311,7 @@ class Database:
                 batch, seed=exp.seed, val_fraction=exp.val_fraction, test_fraction=exp.test_fraction
             )
             table = self._dedupe_input(table, seen, where)
-            yield table.num_rows, self._drop_existing(con, table, where)
+            yield where, table.num_rows, self._drop_existing(con, table, where)
 
     @staticmethod
     def _dedupe_input(table: pa.Table, seen: dict[int, int], where: str) -> pa.Table:
@@ -344,7 +350,7 @@ class Database:
         self,
         con: duckdb.DuckDBPyConnection,
         tables: list[pa.Table],
-        files: list[tuple[str, int, int]],
+        files: list[tuple[tuple[str, int, int], int]],
         progress: bool,
     ) -> None:
         """Pass 2: insert in large transactions, then checkpoint once."""
@@ -366,8 +372,7 @@ class Database:
                         for name in ("insert_masks", "insert_margins", "insert_runs"):
                             con.execute(sql_text("ingest", name))
                     if i == len(groups) - 1:
-                        n_runs = total
-                        for key in files:
+                        for key, n_runs in files:
                             con.execute(sql_text("ingest", "record_file"), [*key, n_runs, _now()])
                     con.execute("COMMIT")
                 except BaseException:

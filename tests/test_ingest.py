@@ -246,6 +246,8 @@ def test_shard_folder_is_recorded(db: dmdb.Database, tmp_path: Path) -> None:
     feather.write_feather(run_table(masks[10:], margins[10:]), folder / "b.arrow")
     res = ingest_paths(db, [folder])
     assert res.n_new == 30
+    recorded = db.sql("SELECT n_runs FROM ingested_files ORDER BY path").column(0).to_pylist()
+    assert recorded == [10, 20]
     before = counts(db)
     again = ingest_paths(db, [folder])
     assert (again.n_new, again.files_skipped) == (0, 2)
