@@ -52,16 +52,18 @@ def _hash_keys(seed: int, n: int) -> np.ndarray:
     return _splitmix64(np.uint64(seed) + np.arange(n, dtype=np.uint64) * np.uint64(2654435761))
 
 
-def row_hash(rows: np.ndarray, seed: int) -> np.ndarray:
-    """A 63-bit hash of each row of a 2-D byte array.
+def row_hash(parts: np.ndarray | list[np.ndarray], seed: int) -> np.ndarray:
+    """A 63-bit hash of each row of a 2-D byte array, or of several side by side.
 
     A multilinear hash over 64-bit words with fixed pseudo-random odd keys,
-    finalised by splitmix64: about 1 GB/s in numpy, which matters because
-    ingest is measured against np.save.
+    finalised by splitmix64. Rows are hashed in small blocks, so the parts are
+    never concatenated whole and no product array the size of the input is made:
+    several GB/s in numpy, which matters because ingest is measured against np.save.
 
     Parameters
     ----------
-    rows : uint8 array of shape (k, n_bytes)
+    parts : uint8 array of shape (k, n_bytes), or a list of (k, n_i) uint8 arrays
+        A list is hashed as the row-wise concatenation of its arrays.
     seed : int
         Selects the key family (mask ids and run contents use different ones).
 
@@ -69,14 +71,23 @@ def row_hash(rows: np.ndarray, seed: int) -> np.ndarray:
     -------
     int64 array of shape (k,), non-negative
     """
-    k, n_bytes = rows.shape
+    parts = [parts] if isinstance(parts, np.ndarray) else list(parts)
+    k = parts[0].shape[0]
+    n_bytes = sum(p.shape[1] for p in parts)
     pad = (-n_bytes) % 8
-    if pad:
-        rows = np.concatenate([rows, np.zeros((k, pad), np.uint8)], axis=1)
-    words = np.ascontiguousarray(rows).view(np.uint64)
-    keys = _hash_keys(seed, words.shape[1]) | np.uint64(1)
+    keys = _hash_keys(seed, (n_bytes + pad) // 8) | np.uint64(1)
+    acc = np.empty(k, np.uint64)
+    block = max(1, (1 << 20) // max(n_bytes + pad, 1))  # about 1 MB of rows at a time
+    for i in range(0, k, block):
+        j = min(i + block, k)
+        pieces = [p[i:j] for p in parts]
+        if pad:
+            pieces.append(np.zeros((j - i, pad), np.uint8))
+        rows = np.concatenate(pieces, axis=1) if len(pieces) > 1 else np.ascontiguousarray(pieces[0])
+        with np.errstate(over="ignore"):
+            acc[i:j] = np.einsum("ij,j->i", rows.view(np.uint64), keys)
     with np.errstate(over="ignore"):
-        acc = (words * keys).sum(axis=1, dtype=np.uint64) + np.uint64(n_bytes)
+        acc += np.uint64(n_bytes)
     return (_splitmix64(acc) >> np.uint64(1)).astype(np.int64)
 
 
@@ -229,10 +240,7 @@ def complete(
     """Derive identities and splits and return the batch as the staged Arrow table."""
     k = len(batch)
     margins = np.ascontiguousarray(batch.margins, dtype=np.float32)
-    content = row_hash(
-        np.concatenate([batch.masks, margins.view(np.uint8).reshape(k, -1)], axis=1),
-        _HASH_SEED_RUN,
-    )
+    content = row_hash([batch.masks, margins.view(np.uint8).reshape(k, -1)], _HASH_SEED_RUN)
     mask_id = batch.mask_id if batch.mask_id is not None else row_hash(batch.masks, _HASH_SEED_MASK)
     run_id = batch.run_id if batch.run_id is not None else content
     split = assign_splits(mask_id, seed, val_fraction, test_fraction)
