@@ -371,7 +371,7 @@ class Database:
         # (with more, the Arrow scan's chunks are buffered and reordered); larger ones
         # keep every thread, which compress the full row groups they write.
         settings = ("threads", "checkpoint_threshold", "auto_checkpoint_skip_wal_threshold")
-        saved = [con.execute(f"SELECT current_setting('{k}')").fetchone()[0] for k in settings]
+        saved = [con.sql(f"SELECT current_setting('{k}')").fetchall()[0][0] for k in settings]
         if not self.in_memory:
             con.execute("SET checkpoint_threshold = '1B'")
             con.execute("SET auto_checkpoint_skip_wal_threshold = 1")
