@@ -83,7 +83,7 @@ def row_hash(parts: np.ndarray | list[np.ndarray], seed: int) -> np.ndarray:
         pieces = [p[i:j] for p in parts]
         if pad:
             pieces.append(np.zeros((j - i, pad), np.uint8))
-        rows = np.ascontiguousarray(np.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0])
+        rows = np.concatenate(pieces, axis=1)  # one small contiguous block
         with np.errstate(over="ignore"):
             acc[i:j] = np.einsum("ij,j->i", rows.view(np.uint64), keys)
     with np.errstate(over="ignore"):
