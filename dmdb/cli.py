@@ -234,7 +234,8 @@ def train(db: str, runs: int, alpha: float, trainer: str | None, device: str,
 @click.option("--lambda-ratio", type=float, default=1e-2, show_default=True,
               help="Smallest λ as a fraction of λ_max.")
 @click.option("--tol", type=float, default=1e-4, show_default=True,
-              help="Relative duality gap at which a λ counts as solved.")
+              help="Duality gap at which a λ counts as solved, over the centred "
+              "margins' mean square (scikit-learn's rule).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
               show_default=True)

@@ -87,7 +87,8 @@ class DatamodelLasso:
     lambda_ratio : float, default 1e-2
         Smallest λ as a fraction of λ_max, in (0, 1).
     tol : float, default 1e-4
-        Relative duality gap ``(P - D) / P`` at which a λ counts as solved.
+        Duality gap ``P - D`` at which a λ counts as solved, as a fraction of
+        ``||y_c||²/n`` (scikit-learn's rule: it bounds ``P - P*`` by that much).
     max_iter : int, default 2000
         Most FISTA steps per λ (the reference solver: CD sweeps per λ).
     device : str, default "cpu"
@@ -128,7 +129,7 @@ class DatamodelLasso:
     n_iter_ : int64 array of shape (M,)
         Solver iterations per target over its path.
     gap_ : float64 array of shape (M,)
-        Relative duality gap at the chosen λ.
+        Duality gap at the chosen λ over ``||y_c||²/n``.
     lambdas_ : float64 array of shape (M, n_lambdas)
         Each target's λ grid.
     n_fit_runs_, n_val_runs_ : int

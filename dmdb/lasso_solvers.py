@@ -4,7 +4,7 @@ Two solvers share one problem (:class:`~dmdb.lasso_stats.StandardProblem`) and
 one result (:class:`PathResult`):
 
 * :func:`reference_path`: per-target cyclic coordinate descent in numpy
-  float64 on the Gram, to a relative duality gap of 1e-10. Small and obviously
+  float64 on the Gram, to a duality gap of 1e-10 · ||y_c||²/n. Small and obviously
   correct; it is the test oracle.
 * :func:`fista_path`: accelerated proximal gradient (FISTA) batched over all
   targets in torch; when there are fewer fit runs than features (rank-deficient
@@ -18,13 +18,15 @@ Duality gap (per target, standardised scale). With ``g = c - C w`` (the
 correlation of the residual with the features), ``ρ = ||r||²/n = v - cᵀw - wᵀg``,
 primal ``P = ½ρ + λ||w||₁`` and the dual point ``s·r`` with
 ``s = min(1, λ / ||g||∞)``, the gap is
-``G = ½(1-s)²ρ + λ||w||₁ - s·wᵀg`` and the stopping rule is ``G / P ≤ tol``.
-This certifies ``(P - P*) / P ≤ tol``.
+``G = ½(1-s)²ρ + λ||w||₁ - s·wᵀg``. The stopping rule is scikit-learn's:
+``G ≤ tol · v`` with ``v = ||y_c||²/n``, which certifies ``P - P* ≤ tol · v``.
+Reported gaps are ``G / v``.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,7 +83,7 @@ class PathResult:
     val_mse : float64 array of shape (M,)
         Validation MSE at the chosen λ.
     gap : float64 array of shape (M,)
-        Relative duality gap at the chosen λ.
+        Duality gap at the chosen λ over ||y_c||²/n.
     n_iter : int64 array of shape (M,)
         Iterations (FISTA steps or CD sweeps) over the whole path.
     path : list of arrays of shape (N, M), or None
@@ -146,7 +148,7 @@ def standardize_val(
 
 
 def _gap_np(gram: np.ndarray, c: np.ndarray, v: float, lam: float, w: np.ndarray) -> float:
-    """Relative duality gap of one target (see module docstring), float64."""
+    """Duality gap of one target over ``v = ||y_c||²/n`` (module docstring), float64."""
     g = c - gram @ w
     rho = v - c @ w - w @ g
     l1 = np.abs(w).sum()
@@ -154,7 +156,7 @@ def _gap_np(gram: np.ndarray, c: np.ndarray, v: float, lam: float, w: np.ndarray
     ginf = np.abs(g).max() if g.size else 0.0
     s = 1.0 if ginf <= lam else lam / ginf
     gap = 0.5 * (1.0 - s) ** 2 * rho + lam * l1 - s * (w @ g)
-    return float(gap / primal) if primal > 0 else 0.0
+    return float(gap / v) if v > 0 else 0.0
 
 
 def lasso_cd(
@@ -180,14 +182,14 @@ def lasso_cd(
     w0 : array of shape (N,), optional
         Warm start.
     tol : float
-        Relative duality gap to reach.
+        Duality gap to reach, over ``v``.
     max_sweeps : int
 
     Returns
     -------
     w : float64 array of shape (N,)
     gap : float
-        Final relative duality gap.
+        Final duality gap over ``v``.
     sweeps : int
     """
     w = np.zeros_like(c) if w0 is None else w0.astype(np.float64).copy()
@@ -227,7 +229,7 @@ def reference_path(
     x_val : uint8 tensor of shape (n_val, N)
     y_val : float64 tensor of shape (n_val, M)
     tol : float
-        Relative duality gap per λ.
+        Duality gap per λ, over ``||y_c||²/n``.
     keep_path : bool
         Also return every λ's weights.
     """
@@ -277,6 +279,23 @@ def _empty_result(n_tgt: int) -> PathResult:
 # ----------------------------------------------------------------------------
 
 
+#: Below this fraction of non-zeros, a CPU product W @ A takes W as a CSR matrix.
+#: Measured (2 threads, B = 100, N = 5,000, A = the N x N Gram): dense 34 ms at any
+#: density; CSR 1 ms at 0.1%, 11 ms at 1-2%, 39 ms at 5%. Early in the path,
+#: weights are that sparse for about 40% of the steps.
+_SPARSE_DENSITY = 0.03
+
+
+def sparse_aware_mm(w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``w @ a``, with ``w`` as a CSR matrix when it is sparse enough and on the CPU."""
+    if w.device.type == "cpu" and w.shape[0] > 1:
+        if int(torch.count_nonzero(w)) < _SPARSE_DENSITY * w.numel():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta"
+                return torch.sparse.mm(w.to_sparse_csr(), a)
+    return w @ a
+
+
 class GramOperator:
     """``W -> W C`` with the standardised Gram in memory (W is (B, N), C symmetric)."""
 
@@ -284,7 +303,7 @@ class GramOperator:
         self.gram = gram
 
     def __call__(self, w: torch.Tensor) -> torch.Tensor:
-        return w @ self.gram
+        return sparse_aware_mm(w, self.gram)
 
 
 class StreamOperator:
@@ -328,13 +347,16 @@ class StreamOperator:
 
 def lipschitz(
     op: Callable[[torch.Tensor], torch.Tensor], n_feat: int, dtype: torch.dtype,
-    device: torch.device, n_iter: int = 30,
+    device: torch.device, n_iter: int = 10,
 ) -> float:
     """Estimate the largest eigenvalue of C by block power iteration.
 
     The largest Ritz value of an 8-vector block can only undershoot, so it is
     inflated by 2%. An undershoot cannot spoil the result (stopping is on the
-    certified gap), only slow FISTA, and the monotone restart keeps it stable.
+    certified gap), only slow FISTA, and the monotone restart keeps it stable;
+    besides, each row's step adapts to the curvature it meets. Ten iterations
+    land within 5% of thirty (N = 5,000: 2.24 vs 2.34) at a third of the cost
+    (0.14 s vs 0.45 s, a memory-bound N x N product each).
     """
     gen = torch.Generator(device="cpu").manual_seed(0)
     q = torch.randn(n_feat, 8, generator=gen, dtype=torch.float64)
@@ -406,7 +428,7 @@ def _new_batch(tgt: torch.Tensor, corr_t: torch.Tensor, step: float) -> _Batch:
 
 
 def _gap(st: _Batch, v: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Primal value and relative duality gap of every row of the batch."""
+    """Primal value and duality gap over ``v = ||y_c||²/n`` of every row of the batch."""
     g = st.c - st.cx
     xg = torch.linalg.vecdot(st.x, g)
     rho = v - torch.linalg.vecdot(st.x, st.c) - xg
@@ -415,7 +437,7 @@ def _gap(st: _Batch, v: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, 
     ginf = torch.linalg.vector_norm(g, ord=math.inf, dim=1)
     s = torch.clamp(lam / ginf.clamp_min(torch.finfo(g.dtype).tiny), max=1.0)
     gap = 0.5 * (1.0 - s) ** 2 * rho + lam * l1 - s * xg
-    rel = torch.where(primal > 0, gap / primal, torch.zeros_like(gap))
+    rel = torch.where(v > 0, gap / v, torch.zeros_like(gap))
     return primal, rel
 
 
@@ -455,8 +477,8 @@ def fista_path(
     y_val : float64 tensor of shape (n_val, M)
     dtype : torch.float32 or torch.float64
     tol : float
-        Relative duality gap per λ (float32 aims at half of it, since its gap
-        estimate is itself inexact).
+        Duality gap per λ over ``||y_c||²/n``, scikit-learn's rule (float32 aims
+        at 0.9 of it, since its gap estimate is itself inexact).
     max_iter : int
         FISTA steps per λ before moving on regardless (counted in ``n_capped``).
     early_stopping : bool
@@ -494,6 +516,8 @@ def fista_path(
     y_var = prob.y_var.to(dev, dtype)
     lam_all = torch.as_tensor(lambdas, dtype=dtype, device=dev)
     xs_val, yc_val = standardize_val(prob, x_val, y_val, dtype)
+    xs_val_t = xs_val.T.contiguous()  # (N, n_val), the right operand of the CSR product
+    del xs_val
     yc_val_t = yc_val.T.contiguous()
     if lipschitz_const is None:
         lipschitz_const = lipschitz(op, n_feat, dtype, dev)
@@ -516,7 +540,7 @@ def fista_path(
         done = ((rel <= eff_tol) | (st.it_lam >= max_iter)) & st.alive
         if bool(done.any()):
             out.n_capped += int((done & (rel > eff_tol)).sum())
-            _advance(st, done, rel, xs_val, yc_val_t, n_lam, early_stopping, patience,
+            _advance(st, done, rel, xs_val_t, yc_val_t, n_lam, early_stopping, patience,
                      path, progress)
             n_dead = int((~st.alive).sum())
             # Compact lazily: copying the batch costs ~10 passes over B x N.
@@ -693,7 +717,7 @@ def _support_solve(gram: torch.Tensor, act: torch.Tensor, rhs: torch.Tensor) -> 
 
 
 def _advance(
-    st: _Batch, done: torch.Tensor, rel: torch.Tensor, xs_val: torch.Tensor,
+    st: _Batch, done: torch.Tensor, rel: torch.Tensor, xs_val_t: torch.Tensor,
     yc_val_t: torch.Tensor, n_lam: int, early_stopping: bool, patience: int,
     path: list[np.ndarray] | None, progress: Callable[[int], None] | None,
 ) -> None:
@@ -703,7 +727,7 @@ def _advance(
     """
     idx = torch.nonzero(done).squeeze(1)
     xd = st.x[idx]
-    resid = yc_val_t[st.tgt[idx]] - xd @ xs_val.T
+    resid = yc_val_t[st.tgt[idx]] - sparse_aware_mm(xd, xs_val_t)
     mse = (resid.double() ** 2).mean(dim=1)
     better = mse < st.best_mse[idx]
     bi = idx[better]

@@ -180,9 +180,12 @@ class GramStats:
         self.n_runs += a.shape[0]
         if self.n_runs >= 2**31:
             raise FitError("more than 2**31 fit runs overflow the int32 co-occurrence counts")
-        self.col_counts += a.sum(dim=0, dtype=torch.int64)
         if self.gram_counts is not None:
-            self.gram_counts += _count_gram(a)
+            counts = _count_gram(a)
+            self.gram_counts += counts
+            self.col_counts += torch.diagonal(counts)  # aᵀa's diagonal: a free column count
+        else:
+            self.col_counts += a.sum(dim=0, dtype=torch.int64)
         self.xty += a.to(torch.float64).T @ yc
         self.y_sum += yc.sum(dim=0)
         self.y_sq += (yc * yc).sum(dim=0)
