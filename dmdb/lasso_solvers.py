@@ -152,7 +152,6 @@ def _gap_np(gram: np.ndarray, c: np.ndarray, v: float, lam: float, w: np.ndarray
     g = c - gram @ w
     rho = v - c @ w - w @ g
     l1 = np.abs(w).sum()
-    primal = 0.5 * rho + lam * l1
     ginf = np.abs(g).max() if g.size else 0.0
     s = 1.0 if ginf <= lam else lam / ginf
     gap = 0.5 * (1.0 - s) ** 2 * rho + lam * l1 - s * (w @ g)
