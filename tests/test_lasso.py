@@ -290,3 +290,12 @@ def test_cuda_without_gpu_raises_device_error(small):
     x, y, xv, yv, _ = small
     with pytest.raises(DeviceError):
         DatamodelLasso(device="cuda").fit(x, y, xv, yv)
+
+
+def test_block_gram_counts_are_exact():
+    # Wide chunks take the symmetric block product; it must equal the plain count.
+    from dmdb.lasso_stats import _count_gram
+
+    a = torch.from_numpy(np.random.default_rng(0).random((300, 2101)) < 0.3)
+    expected = (a.double().T @ a.double()).to(torch.int32)
+    assert torch.equal(_count_gram(a), expected)
