@@ -183,6 +183,8 @@ def fit(
     timings = dict(estimator.timings_) | {"stats": stats_seconds}
     params = {
         "solver": solver, "n_lambdas": n_lambdas, "lambda_ratio": lambda_ratio, "tol": tol,
+        # What tol bounds (fits recorded without this key stopped at gap / primal <= tol).
+        "stopping": "duality gap <= tol * mean(centred margin^2)",
         "max_iter": max_iter, "dtype": dtype, "n_threads": n_threads,
         "early_stopping": early_stopping, "gram": gram, "max_fit_runs": max_fit_runs,
         "timings": timings,
