@@ -299,3 +299,24 @@ def test_block_gram_counts_are_exact():
     a = torch.from_numpy(np.random.default_rng(0).random((300, 2101)) < 0.3)
     expected = (a.double().T @ a.double()).to(torch.int32)
     assert torch.equal(_count_gram(a), expected)
+
+
+def test_support_solve_float32_and_its_float64_retry():
+    # Well-conditioned active sets are solved in float32; ill-conditioned ones (here
+    # cond 1e6, where float32 would lose about 1% of the answer) are redone in float64.
+    from dmdb.lasso_solvers import _support_solve
+
+    rng = np.random.default_rng(0)
+    n = 60
+    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    for low, rtol in ((-1, 1e-5), (-6, 1e-6)):
+        gram = torch.from_numpy(((q * np.logspace(0, low, n)) @ q.T).astype(np.float32))
+        act = torch.from_numpy(rng.random((3, n)) < 0.8)
+        act[0] = True
+        rhs = torch.from_numpy(rng.normal(size=(3, n)))
+        got = _support_solve(gram, act, rhs).numpy()
+        for i in range(3):
+            a = act[i].numpy()
+            exact = np.linalg.solve(gram.double().numpy()[np.ix_(a, a)], rhs[i].numpy()[a])
+            np.testing.assert_allclose(got[i, a], exact, rtol=0, atol=rtol * np.abs(exact).max())
+            assert not got[i, ~a].any()
