@@ -34,6 +34,18 @@ def test_round_trip_is_exact(db: dmdb.Database, packed: bool) -> None:
     assert np.array_equal(m2, masks[order]) and np.array_equal(y2, margins[order])
 
 
+def test_ingest_leaves_no_wal(file_db: dmdb.Database) -> None:
+    # Each ingest transaction checkpoints as it commits: nothing is left in a WAL for
+    # every later read-only open to replay, and such an open sees every run.
+    masks, margins = make_runs(30)
+    file_db.ingest(run_table(masks, margins))
+    wal = Path(file_db.path + ".wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    _, m2, y2 = dmdb.connect(file_db.path, read_only=True).load_runs()
+    assert sorted(map(bytes, y2)) == sorted(map(bytes, margins))
+    assert sorted(map(bytes, m2)) == sorted(map(bytes, masks))
+
+
 def test_record_batch_and_reader(db: dmdb.Database) -> None:
     table = run_table(*make_runs(10))
     db.ingest(table.to_batches()[0])
