@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 import dmdb
-from dmdb.runs import margins_array, mask_array, unpack_masks
+from dmdb.codec import margins_array, mask_array, unpack_masks
 
 
 def best_of(fn, repeat: int = 3) -> float:  # type: ignore[no-untyped-def]

@@ -8,8 +8,9 @@ import os
 # if torch has not been imported yet; set OMP_WAIT_POLICY yourself to override.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from dmdb.db import Database, Experiment, IngestResult, connect, init
+from dmdb.db import Database, Experiment, connect, init
 from dmdb.errors import DmdbError
+from dmdb.ingest import IngestResult
 
 __version__ = "0.1.0"
 

@@ -21,9 +21,9 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
+from dmdb.catalog import resolve_fit
 from dmdb.db import Database
 from dmdb.errors import UsageError
-from dmdb.fitting import resolve_fit
 
 # Entries of one block of the m x m cosine matrix held at a time (float64, 64 MB).
 SIMILARITY_BLOCK = 8_000_000
@@ -290,27 +290,16 @@ def _write_embeddings(
     db: Database, fit: int, embeddings: pa.Table, similarity: pa.Table
 ) -> None:
     """Replace the fit's rows of embeddings and target_similarity in one transaction."""
-    with db.connection(write=True) as con:
-        con.register("new_embeddings", embeddings)
-        con.register("new_similarity", similarity)
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute("DELETE FROM embeddings WHERE fit_id = ?", [fit])
-            con.execute("DELETE FROM target_similarity WHERE fit_id = ?", [fit])
-            con.execute(
-                "INSERT INTO embeddings SELECT ?, target_idx, embedding, cluster "
-                "FROM new_embeddings", [fit]
-            )
-            con.execute(
-                "INSERT INTO target_similarity SELECT ?, target_a, target_b, rank, cosine "
-                "FROM new_similarity", [fit]
-            )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        finally:
-            con.unregister("new_embeddings")
-            con.unregister("new_similarity")
-        if not db.in_memory:
-            con.execute("CHECKPOINT")
+    new_embeddings, new_similarity = embeddings, similarity  # noqa: F841 (read by the SQL)
+    with db.transaction() as con:
+        con.execute("DELETE FROM embeddings WHERE fit_id = ?", [fit])
+        con.execute("DELETE FROM target_similarity WHERE fit_id = ?", [fit])
+        con.execute(
+            "INSERT INTO embeddings SELECT ?, target_idx, embedding, cluster "
+            "FROM new_embeddings", [fit]
+        )
+        con.execute(
+            "INSERT INTO target_similarity SELECT ?, target_a, target_b, rank, cosine "
+            "FROM new_similarity", [fit]
+        )
+    db.checkpoint()

@@ -19,7 +19,7 @@ import numpy as np
 
 from dmdb.db import Database
 from dmdb.errors import TrainerError, UsageError
-from dmdb.runs import _splitmix64, check_alpha
+from dmdb.runs import check_alpha, splitmix64
 from dmdb.trainers import DEFAULT_TRAINERS, PartialTrainError, Trainer, make_trainer
 from dmdb.writer import RunWriter
 
@@ -38,9 +38,9 @@ def draw_masks(seed: int, alpha: float, draws: np.ndarray, n_train: int) -> np.n
 
 def run_seeds(seed: int, draws: np.ndarray, repeats: np.ndarray) -> np.ndarray:
     """A model seed per (draw, repeat), in [0, 2**31) so that any library accepts it."""
-    key = _splitmix64(np.uint64(seed) ^ np.uint64(0x5EED5EED5EED5EED))
+    key = splitmix64(np.uint64(seed) ^ np.uint64(0x5EED5EED5EED5EED))
     with np.errstate(over="ignore"):
-        mixed = _splitmix64(key + draws.astype(np.uint64) * np.uint64(1_000_003)
+        mixed = splitmix64(key + draws.astype(np.uint64) * np.uint64(1_000_003)
                             + repeats.astype(np.uint64))
     return (mixed >> np.uint64(33)).astype(np.int64)
 

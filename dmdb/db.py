@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,8 @@ import numpy as np
 import pyarrow as pa
 
 from dmdb import migrations
+from dmdb.codec import decode_runs, quote_literal, utcnow
 from dmdb.errors import BusyError, DatabaseError, DmdbError, InputError, UsageError
-from dmdb.resources import sql_text
-from dmdb.runs import binary_rows, complete, unpack_masks, validate
-from dmdb.sources import ArrowSource, Source
 
 MAX_TARGETS = 100_000  # DuckDB's ARRAY size limit (FLOAT[M])
 # Each shipped file is written with this storage version so that PyPI's duckdb-cli
@@ -37,24 +35,13 @@ STORAGE_VERSION = "v1.5.0"
 # is written straight to the file at commit instead of through the WAL, and a
 # checkpoint never rewrites a huge half-full group (see DESIGN.md).
 ROW_GROUP_SIZE = 2048
-# Runs per write transaction; large, to avoid DuckDB's small-insert slowdown.
-WRITE_RUNS = 4096
 DEFAULT_VAL_FRACTION = 0.1
 DEFAULT_TEST_FRACTION = 0.1
-
-
-def quote_literal(text: str) -> str:
-    """Quote a string as a SQL literal. Used only where DuckDB takes no parameter (ATTACH)."""
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _is_lock_error(e: Exception) -> bool:
     msg = str(e)
     return "lock on file" in msg or "Conflicting lock" in msg
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 @dataclass
@@ -70,17 +57,6 @@ class Experiment:
     test_fraction: float
     created_at: datetime
     config: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class IngestResult:
-    """What one ingest did."""
-
-    n_input: int = 0
-    n_new: int = 0
-    n_skipped: int = 0
-    files_skipped: int = 0
-    warnings: list[str] = field(default_factory=list)
 
 
 class Database:
@@ -229,174 +205,36 @@ class Database:
                 self._experiment = self._read_experiment(con)
         return self._experiment
 
-    # -- ingest ------------------------------------------------------------------------
+    # -- writing ------------------------------------------------------------------------
 
-    def ingest(
-        self,
-        data: pa.Table | pa.RecordBatch | pa.RecordBatchReader | Source,
-        *,
-        source: str | None = None,
-        progress: bool = False,
-    ) -> IngestResult:
-        """Add runs given in the run schema (see :mod:`dmdb.sources`).
+    def ingest(self, data: Any, *, source: str | None = None, progress: bool = False) -> Any:
+        """Add runs; see :func:`dmdb.ingest.ingest`, which this calls (kept for notebooks)."""
+        from dmdb.ingest import ingest  # the one upward call: a public method kept by name
 
-        The whole input is validated first; nothing is written if any of it is bad.
-        Runs already present (same run_id and content) are skipped, so ingesting
-        the same runs again is a no-op; a known run_id with other content is an
-        InputError.
+        return ingest(self, data, source=source, progress=progress)
 
-        Parameters
-        ----------
-        data : pyarrow Table, RecordBatch, RecordBatchReader, or a dmdb Source
-            A RecordBatchReader is drained into memory first; for data larger
-            than memory write shard files and ingest those.
-        source : str, optional
-            Provenance recorded in runs.source for rows that carry none.
-        progress : bool
-            Show a progress bar.
+    # -- transactions ---------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A write connection inside one transaction, as sqlite-utils' ``atomic()``.
+
+        Everything in the block commits together, or nothing does: any exception
+        rolls back (a DuckDB error is raised as :class:`DatabaseError`).
         """
-        src = self._as_source(data, source)
-        exp = self.experiment
-        result = IngestResult()
-        with self.connection(write=True) as con:
-            done = self._ingested_files(con)
-            pending = [k for k in src.files if k not in done]
-            result.files_skipped = len(src.files) - len(pending)
-            if src.files and not pending:
-                return result
-            staged = list(self._stage(con, src, exp))  # pass 1: validate everything
-            result.n_input = sum(n for _, n, _ in staged)
-            new = [t for _, _, t in staged if t.num_rows]
-            result.n_new = sum(t.num_rows for t in new)
-            result.n_skipped = result.n_input - result.n_new
-            # A shard's batches are labelled with its path: count its runs for the record.
-            per_file: dict[str, int] = {}
-            for where, n, _ in staged:
-                key = str(Path(where).resolve())
-                per_file[key] = per_file.get(key, 0) + n
-            files = [(key, per_file.get(key[0], 0)) for key in pending]
-            self._write(con, new, files, progress)
-        return result
+        with self.connection(write=True) as con, migrations.transaction(con):
+            yield con
 
-    @staticmethod
-    def _as_source(data: Any, label: str | None) -> Source:
-        if isinstance(data, Source):
-            return data
-        if isinstance(data, pa.RecordBatchReader):
-            data = data.read_all()
-        if isinstance(data, pa.RecordBatch):
-            data = pa.Table.from_batches([data])
-        if not isinstance(data, pa.Table):
-            raise InputError(
-                f"cannot ingest a {type(data).__name__}; pass a pyarrow Table, RecordBatch "
-                "or RecordBatchReader in the run schema"
-            )
-        return ArrowSource(data, label=label or "input")
-
-    @staticmethod
-    def _ingested_files(con: duckdb.DuckDBPyConnection) -> set[tuple[str, int, int]]:
-        rows = con.execute("SELECT path, size, mtime_ns FROM ingested_files").fetchall()
-        return {(r[0], int(r[1]), int(r[2])) for r in rows}
-
-    def _stage(
-        self, con: duckdb.DuckDBPyConnection, src: Source, exp: Experiment
-    ) -> Iterator[tuple[str, int, pa.Table]]:
-        """Validate every batch; yield where it came from, its run count, and its new runs."""
-        seen: dict[int, int] = {}
-        for where, batch in src.batches(exp.n_train, exp.n_targets):
-            validate(batch, n_train=exp.n_train, n_targets=exp.n_targets, where=where)
-            if batch.source is None:
-                batch.source = src.label
-            table = complete(
-                batch, seed=exp.seed, val_fraction=exp.val_fraction, test_fraction=exp.test_fraction
-            )
-            table = self._dedupe_input(table, seen, where)
-            yield where, table.num_rows, self._drop_existing(con, table, where)
-
-    @staticmethod
-    def _dedupe_input(table: pa.Table, seen: dict[int, int], where: str) -> pa.Table:
-        """Drop runs repeated within the input; a repeated run_id must have equal content."""
-        ids = table.column("run_id").to_numpy()
-        hashes = table.column("content_hash").to_numpy()
-        keep = np.ones(len(ids), dtype=bool)
-        for i, (rid, h) in enumerate(zip(ids.tolist(), hashes.tolist(), strict=True)):
-            if rid in seen:
-                if seen[rid] != h:
-                    raise InputError(f"{where}: run_id {rid} appears twice with different content")
-                keep[i] = False
-            else:
-                seen[rid] = h
-        return table if keep.all() else table.filter(pa.array(keep))
-
-    @staticmethod
-    def _drop_existing(con: duckdb.DuckDBPyConnection, staged: pa.Table, where: str) -> pa.Table:
-        """The staged runs not yet in the database; a known run_id with other content is refused."""
-        existing = con.execute(sql_text("ingest", "existing_runs")).fetchall()
-        if not existing:
-            return staged
-        stored = dict(existing)
-        ids = staged.column("run_id").to_numpy()
-        hashes = staged.column("content_hash").to_numpy()
-        for rid, h in zip(ids.tolist(), hashes.tolist(), strict=True):
-            if rid in stored and stored[rid] != h:
-                raise InputError(
-                    f"{where}: run_id {rid} is already in the database with different content; "
-                    "runs are never overwritten"
-                )
-        keep = ~np.isin(ids, np.fromiter(stored, np.int64, len(stored)))
-        return staged if keep.all() else staged.filter(pa.array(keep))
-
-    def _write(
-        self,
-        con: duckdb.DuckDBPyConnection,
-        tables: list[pa.Table],
-        files: list[tuple[tuple[str, int, int], int]],
-        progress: bool,
-    ) -> None:
-        """Pass 2: insert in large transactions, each checkpointed as it commits."""
-        from tqdm.auto import tqdm
-
-        total = sum(t.num_rows for t in tables)
-        bar = tqdm(total=total, unit="run", desc="ingest", disable=not progress or total == 0)
-        groups: list[list[pa.Table]] = [[]]
-        for t in tables:
-            if groups[-1] and sum(x.num_rows for x in groups[-1]) + t.num_rows > WRITE_RUNS:
-                groups.append([])
-            groups[-1].append(t)
-        # Commits skip the WAL: a transaction smaller than a row group would otherwise
-        # be written twice, to the WAL and again by the checkpoint. With both
-        # thresholds at their minimum every commit checkpoints instead, so each
-        # transaction is durable in the file itself. A transaction of less than a row
-        # group runs on one thread, which appends fat array rows about twice as fast
-        # (with more, the Arrow scan's chunks are buffered and reordered); larger ones
-        # keep every thread, which compress the full row groups they write.
-        settings = ("threads", "checkpoint_threshold", "auto_checkpoint_skip_wal_threshold")
-        saved = [con.sql(f"SELECT current_setting('{k}')").fetchall()[0][0] for k in settings]
+    def checkpoint(self) -> None:
+        """Write everything committed into the file itself (no-op in memory)."""
         if not self.in_memory:
-            con.execute("SET checkpoint_threshold = '1B'")
-            con.execute("SET auto_checkpoint_skip_wal_threshold = 1")
-        try:
-            for i, group in enumerate(groups):
-                staged = pa.concat_tables(group) if group else None  # noqa: F841 (used by SQL)
-                small = staged is None or staged.num_rows < ROW_GROUP_SIZE
-                con.execute(f"SET threads = {1 if small else int(saved[0])}")
-                con.execute("BEGIN TRANSACTION")
-                try:
-                    if staged is not None:
-                        for name in ("insert_masks", "insert_margins", "insert_runs"):
-                            con.execute(sql_text("ingest", name))
-                    if i == len(groups) - 1:
-                        for key, n_runs in files:
-                            con.execute(sql_text("ingest", "record_file"), [*key, n_runs, _now()])
-                    con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
-                bar.update(0 if staged is None else staged.num_rows)
-        finally:
-            for k, v in zip(settings, saved, strict=True):
-                con.execute(f"SET {k} = {quote_literal(str(v))}")
-            bar.close()
+            with self.connection(write=True) as con:
+                con.execute("CHECKPOINT")
+
+    def has_view(self, name: str) -> bool:
+        """Whether the database defines view ``name`` (older files may lack newer views)."""
+        rows = self.sql("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [name])
+        return bool(rows.column(0)[0].as_py())
 
     # -- reading runs ------------------------------------------------------------------
 
@@ -459,10 +297,10 @@ class Database:
                 buffered.append(rb)
                 count += rb.num_rows
                 if count >= chunk_runs:
-                    yield _decode(pa.Table.from_batches(buffered), n_train)
+                    yield decode_runs(pa.Table.from_batches(buffered), n_train)
                     buffered, count = [], 0
             if buffered:
-                yield _decode(pa.Table.from_batches(buffered), n_train)
+                yield decode_runs(pa.Table.from_batches(buffered), n_train)
 
     def load_runs(
         self,
@@ -527,31 +365,33 @@ class Database:
         return {"experiment": exp, "runs": runs, "fits": fits, "file_bytes": size}
 
 
+    def check_fit(self, fit_id: int) -> None:
+        """Raise UsageError unless fit ``fit_id`` exists."""
+        found = self.sql("SELECT count(*) FROM fits WHERE fit_id = ?", [int(fit_id)])
+        if found.column(0)[0].as_py() == 0:
+            raise UsageError(f"no fit {fit_id}; `dmdb fits DB` lists them")
+
     def load_fit(self, fit_id: int) -> tuple[np.ndarray, Any]:
         """A fit's bias, float64 (M,), and weights, scipy CSR (M x N), in mask space.
 
         prediction(S) = bias + weights[:, S].sum(axis=1). Targets outside the fit's
         target range have bias NaN and no weights.
         """
-        from dmdb.fitting import load_fit
+        import scipy.sparse as sp
 
-        return load_fit(self, fit_id)
-
-
-def _decode(table: pa.Table, n_train: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Arrow (run_id, mask blob, margins array) into numpy without per-row Python."""
-    k = table.num_rows
-    ids = table.column("run_id").to_numpy().astype(np.int64)
-    packed = binary_rows(table.column("mask").combine_chunks(), (n_train + 7) // 8)
-    masks = unpack_masks(packed, n_train)
-    arrays = table.column("margins").combine_chunks()
-    values = arrays.values.to_numpy(zero_copy_only=False)
-    width = arrays.type.list_size
-    margins = values[arrays.offset * width : (arrays.offset + k) * width].reshape(k, width)
-    if np.all(ids[:-1] <= ids[1:]):
-        return ids, masks, margins
-    order = np.argsort(ids, kind="stable")
-    return ids[order], masks[order], margins[order]
+        exp = self.experiment
+        self.check_fit(fit_id)
+        dm = self.sql("SELECT target_idx, bias FROM datamodels WHERE fit_id = ?", [fit_id])
+        bias = np.full(exp.n_targets, np.nan)
+        bias[dm.column("target_idx").to_numpy()] = dm.column("bias").to_numpy()
+        w = self.sql("SELECT target_idx, train_idx, weight FROM weights WHERE fit_id = ?",
+                     [fit_id])
+        weights = sp.csr_matrix(
+            (w.column("weight").to_numpy(), (w.column("target_idx").to_numpy(),
+                                             w.column("train_idx").to_numpy())),
+            shape=(exp.n_targets, exp.n_train), dtype=np.float32,
+        )
+        return bias, weights
 
 
 def connect(
@@ -658,7 +498,7 @@ def _insert_experiment(
 ) -> None:
     con.execute(
         "INSERT INTO experiment VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [name, dataset, n_train, n_targets, seed, val_fraction, test_fraction, _now(),
+        [name, dataset, n_train, n_targets, seed, val_fraction, test_fraction, utcnow(),
          json.dumps(config)],
     )
 

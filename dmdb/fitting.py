@@ -12,17 +12,24 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
+from dmdb.catalog import FIT_TABLES as FIT_TABLES  # the old import paths keep working
+from dmdb.catalog import drop_fit as drop_fit
+from dmdb.catalog import latest_fit as latest_fit
+from dmdb.catalog import list_fits as list_fits
+from dmdb.catalog import load_fit as load_fit
+from dmdb.catalog import resolve_fit as resolve_fit
+from dmdb.codec import utcnow
 from dmdb.db import Database
 from dmdb.devices import resolve_device
 from dmdb.errors import FitError, UsageError
 from dmdb.lasso import DatamodelLasso, GramStats
+from dmdb.metrics import correlations
 
 # The fewest runs per split a fit accepts: enough to pick λ and to rank test runs.
 MIN_RUNS = {"fit": 10, "val": 2, "test": 3}
@@ -81,27 +88,6 @@ def select_runs(
                 f"(splits are about 80/10/10, so train more runs)"
             )
     return chosen
-
-
-def correlations(pred: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column Pearson and Spearman correlations; NaN where a column is constant.
-
-    Parameters
-    ----------
-    pred, actual : float arrays of shape (n_runs, n_targets)
-    """
-    from scipy.stats import rankdata
-
-    def pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        a = a - a.mean(axis=0)
-        b = b - b.mean(axis=0)
-        denom = np.sqrt((a * a).sum(axis=0) * (b * b).sum(axis=0))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(denom > 0, (a * b).sum(axis=0) / denom, np.nan)
-
-    pred = pred.astype(np.float64)
-    actual = actual.astype(np.float64)
-    return pearson(pred, actual), pearson(rankdata(pred, axis=0), rankdata(actual, axis=0))
 
 
 def fit(
@@ -234,100 +220,16 @@ def _write_fit(
         "train_idx": pa.array(coef.indices.astype(np.int32)),
         "weight": pa.array(coef.data.astype(np.float32)),
     })
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
-    with db.connection(write=True) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            fit_id = int(con.execute("SELECT coalesce(max(fit_id), 0) + 1 FROM fits"
-                                     ).fetchall()[0][0])
-            con.execute(
-                "INSERT INTO fits VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [fit_id, now, solver, device, alpha, len(runs["fit"]), len(runs["val"]),
-                 len(runs["test"]), lo, hi, wall, __version__, json.dumps(params)],
-            )
-            con.execute("INSERT INTO fit_runs SELECT ?, run_id, split FROM fit_runs_tbl",
-                        [fit_id])
-            con.execute("INSERT INTO datamodels SELECT ?, * FROM datamodels_tbl", [fit_id])
-            con.execute("INSERT INTO weights SELECT ?, * FROM weights_tbl", [fit_id])
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        if not db.in_memory:
-            con.execute("CHECKPOINT")
+    with db.transaction() as con:
+        fit_id = int(con.execute("SELECT coalesce(max(fit_id), 0) + 1 FROM fits"
+                                 ).fetchall()[0][0])
+        con.execute(
+            "INSERT INTO fits VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [fit_id, utcnow(), solver, device, alpha, len(runs["fit"]), len(runs["val"]),
+             len(runs["test"]), lo, hi, wall, __version__, json.dumps(params)],
+        )
+        con.execute("INSERT INTO fit_runs SELECT ?, run_id, split FROM fit_runs_tbl", [fit_id])
+        con.execute("INSERT INTO datamodels SELECT ?, * FROM datamodels_tbl", [fit_id])
+        con.execute("INSERT INTO weights SELECT ?, * FROM weights_tbl", [fit_id])
+    db.checkpoint()
     return fit_id
-
-
-def latest_fit(db: Database) -> int:
-    """The newest fit that is not a learning-curve refit (see :func:`fit`)."""
-    fit_id = db.sql(
-        "SELECT max(fit_id) FROM fits "
-        "WHERE json_extract_string(parameters, '$.learning_curve_of') IS NULL"
-    ).column(0)[0].as_py()
-    if fit_id is None:
-        raise UsageError("no fits yet; run `dmdb fit DB`")
-    return int(fit_id)
-
-
-def resolve_fit(db: Database, fit_id: int | None) -> int:
-    """``fit_id`` checked to exist, or the latest fit when it is None."""
-    if fit_id is None:
-        return latest_fit(db)
-    if isinstance(fit_id, bool) or not isinstance(fit_id, int | np.integer):
-        raise UsageError(f"--fit takes a fit_id (an integer), got {fit_id!r}")
-    found = db.sql("SELECT count(*) FROM fits WHERE fit_id = ?", [int(fit_id)]).column(0)[0]
-    if found.as_py() == 0:
-        raise UsageError(f"no fit {fit_id}; `dmdb fits DB` lists them")
-    return int(fit_id)
-
-
-def list_fits(db: Database) -> pa.Table:
-    """Every fit with its run counts, targets and mean LDS."""
-    return db.sql(
-        "SELECT f.fit_id, f.created_at, f.solver, f.device, f.alpha, f.n_fit, f.n_val, f.n_test, "
-        "f.target_lo || ':' || f.target_hi AS targets, round(f.wall_seconds, 2) AS seconds, "
-        "round(avg(d.test_spearman), 4) AS mean_lds, round(avg(d.nnz), 1) AS mean_nnz "
-        "FROM fits f LEFT JOIN datamodels d USING (fit_id) GROUP BY ALL ORDER BY f.fit_id"
-    )
-
-
-def drop_fit(db: Database, fit_id: int) -> None:
-    """Delete a fit and everything it wrote, in one transaction."""
-    with db.connection(write=True) as con:
-        if not con.execute("SELECT 1 FROM fits WHERE fit_id = ?", [fit_id]).fetchall():
-            raise UsageError(f"no fit {fit_id}; `dmdb fits DB` lists them")
-        con.execute("BEGIN TRANSACTION")
-        try:
-            for table in FIT_TABLES:
-                con.execute(f"DELETE FROM {table} WHERE fit_id = ?", [fit_id])
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-
-
-# Tables keyed by fit_id, children first; later applications add theirs here.
-FIT_TABLES = [
-    "weights", "datamodels", "fit_runs", "embeddings", "target_similarity", "verify_runs",
-    "noise_ceiling", "fits",
-]
-
-
-def load_fit(db: Database, fit_id: int) -> tuple[np.ndarray, sp.csr_matrix]:
-    """The fit's bias (M,) float64 and weights as a scipy CSR matrix (M x N), mask space.
-
-    Targets outside the fit's target range have bias NaN and no weights.
-    """
-    exp = db.experiment
-    if db.sql("SELECT count(*) FROM fits WHERE fit_id = ?", [fit_id]).column(0)[0].as_py() == 0:
-        raise UsageError(f"no fit {fit_id}; `dmdb fits DB` lists them")
-    dm = db.sql("SELECT target_idx, bias FROM datamodels WHERE fit_id = ?", [fit_id])
-    bias = np.full(exp.n_targets, np.nan)
-    bias[dm.column("target_idx").to_numpy()] = dm.column("bias").to_numpy()
-    w = db.sql("SELECT target_idx, train_idx, weight FROM weights WHERE fit_id = ?", [fit_id])
-    weights = sp.csr_matrix(
-        (w.column("weight").to_numpy(), (w.column("target_idx").to_numpy(),
-                                         w.column("train_idx").to_numpy())),
-        shape=(exp.n_targets, exp.n_train), dtype=np.float32,
-    )
-    return bias, weights

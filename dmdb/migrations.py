@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import duckdb
 
+from dmdb.codec import utcnow
 from dmdb.errors import DatabaseError, SchemaVersionError
 from dmdb.resources import sql_files
 
@@ -67,6 +69,18 @@ def check_not_newer(version: int) -> None:
         )
 
 
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """BEGIN on ``con``; COMMIT if the block ends normally, ROLLBACK if it raises (anything)."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
 def migrate(con: duckdb.DuckDBPyConnection, *, n_train: int, n_targets: int) -> int:
     """Apply every pending migration, each in its own transaction; return how many."""
     current = db_version(con)
@@ -75,16 +89,12 @@ def migrate(con: duckdb.DuckDBPyConnection, *, n_train: int, n_targets: int) -> 
     for version, name, sql in migrations():
         if version <= current:
             continue
-        con.execute("BEGIN TRANSACTION")
         try:
-            con.execute(render(sql, n_train=n_train, n_targets=n_targets))
-            con.execute(
-                "INSERT INTO dmdb_migrations VALUES (?, ?, ?)",
-                [version, name, datetime.now(timezone.utc).replace(tzinfo=None)],
-            )
-            con.execute("COMMIT")
+            with transaction(con):
+                con.execute(render(sql, n_train=n_train, n_targets=n_targets))
+                con.execute("INSERT INTO dmdb_migrations VALUES (?, ?, ?)",
+                            [version, name, utcnow()])
         except duckdb.Error as e:
-            con.execute("ROLLBACK")
             raise DatabaseError(f"migration {name} failed: {e}") from e
         applied += 1
     return applied

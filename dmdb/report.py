@@ -22,10 +22,10 @@ import numpy as np
 
 from dmdb.db import Database
 from dmdb.errors import DmdbError, FitError, UsageError
-from dmdb.fitting import MIN_RUNS, correlations
+from dmdb.fitting import MIN_RUNS
+from dmdb.metrics import correlations
 from dmdb.verify import (
     FitUnderTest,
-    _has_view,
     brittleness_results,
     counterfactual_rows,
     load_fit_under_test,
@@ -268,7 +268,7 @@ def _counterfactual_scatter(ctx: _Context) -> Section:
 
 def _brittleness(ctx: _Context) -> Section:
     title = "Brittleness: predictions flippable by removing k examples"
-    if _has_view(ctx.db, "brittleness_curve"):
+    if ctx.db.has_view("brittleness_curve"):
         curve = ctx.db.sql("SELECT k, fraction_flippable FROM brittleness_curve "
                            "WHERE fit_id = ? ORDER BY k", [ctx.fit.fit_id]).to_pydict()
         ks = np.array(curve["k"], dtype=np.float64)

@@ -24,23 +24,28 @@ of a mask therefore never straddle splits. Runs made by checks carry 'verify'.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from dmdb.codec import binary_rows as binary_rows  # the old import paths keep working
+from dmdb.codec import margins_array, mask_array, utcnow
+from dmdb.codec import pack_masks as pack_masks
+from dmdb.codec import unpack_masks as unpack_masks
 from dmdb.errors import InputError, UsageError
 
-SPLITS = ("fit", "val", "test", "verify")
 _M64 = (1 << 64) - 1
 # Fixed keys of the multilinear hashes below; changing them changes run identity.
 _HASH_SEED_MASK = 0x6D61736B5F696473
 _HASH_SEED_RUN = 0x72756E5F636F6E74
 
 
-def _splitmix64(x: Any) -> Any:
-    """The splitmix64 finaliser, vectorised over uint64 (wrapping arithmetic)."""
+def splitmix64(x: Any) -> Any:
+    """The splitmix64 finaliser, vectorised over uint64 (wrapping arithmetic).
+
+    The one mixing function behind run identity, splits, and trained masks and seeds.
+    """
     with np.errstate(over="ignore"):
         z = x + np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -49,7 +54,7 @@ def _splitmix64(x: Any) -> Any:
 
 
 def _hash_keys(seed: int, n: int) -> np.ndarray:
-    return _splitmix64(np.uint64(seed) + np.arange(n, dtype=np.uint64) * np.uint64(2654435761))
+    return splitmix64(np.uint64(seed) + np.arange(n, dtype=np.uint64) * np.uint64(2654435761))
 
 
 def row_hash(parts: np.ndarray | list[np.ndarray], seed: int) -> np.ndarray:
@@ -88,7 +93,7 @@ def row_hash(parts: np.ndarray | list[np.ndarray], seed: int) -> np.ndarray:
             acc[i:j] = np.einsum("ij,j->i", rows.view(np.uint64), keys)
     with np.errstate(over="ignore"):
         acc += np.uint64(n_bytes)
-    return (_splitmix64(acc) >> np.uint64(1)).astype(np.int64)
+    return (splitmix64(acc) >> np.uint64(1)).astype(np.int64)
 
 
 def check_alpha(alpha: float) -> float:
@@ -102,7 +107,7 @@ def assign_splits(
     mask_ids: np.ndarray, seed: int, val_fraction: float, test_fraction: float
 ) -> np.ndarray:
     """The split of each mask id (see the module docstring); an object array of str."""
-    mixed = _splitmix64(mask_ids.astype(np.uint64) ^ _splitmix64(np.uint64(seed & _M64)))
+    mixed = splitmix64(mask_ids.astype(np.uint64) ^ splitmix64(np.uint64(seed & _M64)))
     u = (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     out = np.full(len(mask_ids), "fit", dtype=object)
     out[u < test_fraction + val_fraction] = "val"
@@ -142,48 +147,6 @@ class RunBatch:
 
     def __len__(self) -> int:
         return int(self.masks.shape[0])
-
-
-def pack_masks(masks: np.ndarray) -> np.ndarray:
-    """Pack a (k, N) 0/1 or bool array into (k, ceil(N/8)) uint8, checking it is 0/1."""
-    masks = np.asarray(masks)
-    if masks.ndim != 2:
-        raise InputError(f"masks must be 2-D (runs x n_train), got shape {masks.shape}")
-    if masks.dtype != np.bool_:
-        if not (np.issubdtype(masks.dtype, np.integer) or np.issubdtype(masks.dtype, np.floating)):
-            raise InputError(f"masks must be 0/1 or bool, got dtype {masks.dtype}")
-        bad = (masks != 0) & (masks != 1)
-        if bad.any():
-            r, c = np.argwhere(bad)[0]
-            raise InputError(f"mask of row {r} has value {masks[r, c]!r} at {c}; masks must be 0/1")
-        masks = masks.astype(np.bool_)
-    return np.packbits(masks, axis=1)
-
-
-def unpack_masks(packed: np.ndarray, n_train: int) -> np.ndarray:
-    """Inverse of :func:`pack_masks`: a bool array of shape (k, n_train)."""
-    return np.unpackbits(packed, axis=1, count=n_train).view(np.bool_)
-
-
-def mask_array(packed: np.ndarray) -> pa.Array:
-    """Packed masks, uint8 (k, n_bytes), as an Arrow binary column without a per-row copy."""
-    k, n_bytes = packed.shape
-    return pa.FixedSizeBinaryArray.from_buffers(
-        pa.binary(n_bytes), k, [None, pa.py_buffer(np.ascontiguousarray(packed))]
-    ).cast(pa.binary())
-
-
-def margins_array(margins: np.ndarray) -> pa.FixedSizeListArray:
-    """Margins, float (k, M), as an Arrow fixed-size-list column (DuckDB's FLOAT[M])."""
-    return pa.FixedSizeListArray.from_arrays(pa.array(margins.reshape(-1)), margins.shape[1])
-
-
-def binary_rows(column: pa.Array, n_bytes: int) -> np.ndarray:
-    """A binary column whose rows all hold ``n_bytes`` bytes, as a uint8 (k, n_bytes) view."""
-    k = len(column)
-    data = np.frombuffer(column.buffers()[2], dtype=np.uint8)
-    start = int(np.frombuffer(column.buffers()[1], dtype=np.int32)[column.offset])
-    return data[start : start + k * n_bytes].reshape(k, n_bytes)
 
 
 def validate(batch: RunBatch, *, n_train: int, n_targets: int, where: str = "") -> None:
@@ -248,7 +211,7 @@ def complete(
         given = np.array([s is not None for s in batch.split])
         split[given] = np.asarray(batch.split, dtype=object)[given]
     ones = np.bitwise_count(batch.masks).sum(axis=1, dtype=np.int64)
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    now = utcnow()
     seed_col = (
         pa.array(batch.seed, type=pa.int64()) if batch.seed is not None else pa.nulls(k, pa.int64())
     )

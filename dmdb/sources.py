@@ -35,8 +35,9 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from dmdb.codec import binary_rows, pack_masks
 from dmdb.errors import InputError
-from dmdb.runs import RunBatch, binary_rows, pack_masks
+from dmdb.runs import RunBatch
 
 REQUIRED = ("alpha", "mask", "margins")
 OPTIONAL = ("run_id", "seed", "mask_id", "split", "train_acc", "trainer", "info")
@@ -347,3 +348,19 @@ class BatchSource(Source):
 
     def batches(self, n_train: int, n_targets: int) -> Iterator[tuple[str, RunBatch]]:
         yield self.label, self.batch
+
+
+class MultiSource(Source):
+    """Several sources ingested as one all-or-nothing input."""
+
+    def __init__(self, sources: list[Source]) -> None:
+        self.sources = sources
+        self.files = [f for s in sources for f in s.files]
+        self.label = ", ".join(s.label for s in sources)
+
+    def batches(self, n_train: int, n_targets: int) -> Iterator[tuple[str, RunBatch]]:
+        for s in self.sources:
+            for where, batch in s.batches(n_train, n_targets):
+                if batch.source is None:
+                    batch.source = s.label
+                yield where, batch

@@ -33,10 +33,11 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
+from dmdb.catalog import resolve_fit
 from dmdb.collect import train_runs
 from dmdb.db import Database
 from dmdb.errors import TrainerError, UsageError
-from dmdb.fitting import correlations, load_fit, resolve_fit
+from dmdb.metrics import correlations
 from dmdb.trainers import Trainer, make_trainer
 
 Echo = Callable[[str], None]
@@ -115,7 +116,7 @@ def fit_alpha(db: Database, fit_id: int) -> float:
 def load_fit_under_test(db: Database, fit_id: int | None) -> FitUnderTest:
     """Resolve and load a fit, with its alpha and the trainer its runs were made with."""
     fid = resolve_fit(db, fit_id)
-    bias, weights = load_fit(db, fid)
+    bias, weights = db.load_fit(fid)
     row = db.sql(
         "SELECT r.trainer, CAST(r.info->'$.options' AS VARCHAR) AS options, count(*) AS n "
         "FROM fit_runs fr JOIN runs r USING (run_id) WHERE fr.fit_id = ? "
@@ -182,15 +183,10 @@ def support_sizes(fit: FitUnderTest) -> tuple[np.ndarray, np.ndarray]:
     return before, size
 
 
-def _has_view(db: Database, name: str) -> bool:
-    found = db.sql("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [name])
-    return bool(found.column(0)[0].as_py())
-
-
 def brittleness_estimates(db: Database, fit: FitUnderTest) -> tuple[np.ndarray, np.ndarray]:
     """(margin_before, support_size) as in :func:`support_sizes`, from the view when present."""
     before, size = support_sizes(fit)
-    if not _has_view(db, "brittleness"):
+    if not db.has_view("brittleness"):
         return before, size
     rows = db.sql("SELECT target_idx, support_size FROM brittleness WHERE fit_id = ?",
                   [fit.fit_id])
@@ -864,14 +860,8 @@ def _write_ceiling(db: Database, fit: FitUnderTest, metrics: dict[str, np.ndarra
         v = metrics[name][t]
         cols[name] = pa.array(v, mask=~np.isfinite(v))
     rows = pa.table(cols)  # noqa: F841 (read by the SQL below)
-    with db.connection(write=True) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute("DELETE FROM noise_ceiling WHERE fit_id = ?", [fit.fit_id])
-            con.execute(
-                "INSERT INTO noise_ceiling SELECT ?, target_idx, ?, ?, seed_spearman, mask_r2, "
-                "attainable_lds, lds_1, lds_2, lds_5 FROM rows", [fit.fit_id, masks, seeds])
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+    with db.transaction() as con:
+        con.execute("DELETE FROM noise_ceiling WHERE fit_id = ?", [fit.fit_id])
+        con.execute(
+            "INSERT INTO noise_ceiling SELECT ?, target_idx, ?, ?, seed_spearman, mask_r2, "
+            "attainable_lds, lds_1, lds_2, lds_5 FROM rows", [fit.fit_id, masks, seeds])

@@ -21,9 +21,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dmdb.db import Database, IngestResult
+from dmdb.codec import margins_array, mask_array, pack_masks, utcnow
+from dmdb.db import Database
 from dmdb.errors import BusyError, InputError
-from dmdb.runs import RunBatch, margins_array, mask_array, pack_masks
+from dmdb.ingest import IngestResult, ingest
+from dmdb.runs import RunBatch
 from dmdb.sources import BatchSource
 
 
@@ -181,7 +183,7 @@ class RunWriter:
         deadline = time.monotonic() + (self.close_timeout if wait else 0.0)
         while True:
             try:
-                result = self._quick.ingest(BatchSource(batch, self.source))
+                result = ingest(self._quick, BatchSource(batch, self.source))
                 break
             except BusyError:
                 if time.monotonic() >= deadline:
@@ -213,11 +215,9 @@ class RunWriter:
             self._parts = []
 
     def _spill(self) -> Path:
-        from dmdb.db import _now
-
         staged = _spill_table(self._batch())
         base = Path(self.db.path)
-        path = base.with_name(f"{base.stem}.pending-{_now():%Y%m%d-%H%M%S}.parquet")
+        path = base.with_name(f"{base.stem}.pending-{utcnow():%Y%m%d-%H%M%S}.parquet")
         tmp = path.with_suffix(".parquet.tmp")
         pq.write_table(staged, tmp)
         tmp.rename(path)
