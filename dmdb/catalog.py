@@ -6,13 +6,16 @@ Commands that only look fits up (``dmdb fits``, ``embed``, ``leakage``, ``export
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from dmdb.codec import utcnow
 from dmdb.db import Database
 from dmdb.errors import UsageError
+from dmdb.metrics import correlations
 
 # Tables keyed by fit_id, children first; later applications add theirs here.
 FIT_TABLES = [
@@ -63,3 +66,107 @@ def drop_fit(db: Database, fit_id: int) -> None:
     with db.transaction() as con:
         for table in FIT_TABLES:  # fixed names from this module, never user input
             con.execute(f"DELETE FROM {table} WHERE fit_id = ?", [fit_id])
+
+
+def evaluate_fit(
+    db: Database, bias: np.ndarray, weights: Any, run_ids: np.ndarray, lo: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A fit's quality on held-out runs: per-target MSE, Pearson and Spearman (LDS).
+
+    Parameters
+    ----------
+    bias : float array of shape (k,)
+        Targets lo..lo+k-1.
+    weights : scipy sparse or dense array of shape (k, N), mask space
+    run_ids : int array
+        The evaluation runs (a fit's test runs).
+    """
+    _, x, y = db.load_runs(run_ids=run_ids)
+    k = len(bias)
+    pred = np.asarray(bias, np.float64)[None, :] + np.asarray((weights @ x.T.astype(np.float32)).T)
+    actual = y[:, lo : lo + k]
+    pearson, spearman = correlations(pred, actual)
+    return ((pred - actual) ** 2).mean(axis=0), pearson, spearman
+
+
+def _nan_to_null(values: np.ndarray) -> pa.Array:
+    values = np.asarray(values, dtype=np.float64)
+    return pa.array(values, mask=~np.isfinite(values))
+
+
+def record_fit(
+    db: Database,
+    *,
+    runs: dict[str, np.ndarray],
+    target_range: tuple[int, int],
+    bias: np.ndarray,
+    weights: Any,
+    solver: str,
+    parameters: dict[str, Any],
+    penalty: np.ndarray | None = None,
+    val_mse: np.ndarray | None = None,
+    device: str | None = None,
+    alpha: float | None = None,
+    wall_seconds: float = 0.0,
+    test_metrics: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> int:
+    """Store a fit (computed here or anywhere else) as a new fit_id, in one transaction.
+
+    Parameters
+    ----------
+    runs : dict of 'fit', 'val', 'test' -> int run-id arrays
+        Recorded in ``fit_runs``, so the fit's metrics never drift; 'test' runs are
+        the ones it is evaluated on.
+    target_range : (lo, hi)
+    bias : float array of shape (hi - lo,)
+    weights : scipy sparse matrix of shape (hi - lo, N), mask space
+    penalty, val_mse : float arrays of shape (hi - lo,), optional (NULL where unknown)
+    test_metrics : (mse, pearson, spearman), optional
+        Computed with :func:`evaluate_fit` on ``runs['test']`` when not given.
+    """
+    import scipy.sparse as sp
+
+    from dmdb import __version__
+
+    lo, hi = target_range
+    k = hi - lo
+    coef = sp.csr_matrix(weights, dtype=np.float32)
+    coef.eliminate_zeros()
+    if test_metrics is None:
+        test_metrics = evaluate_fit(db, bias, coef, runs["test"], lo)
+    test_mse, pearson, spearman = test_metrics
+    nan = np.full(k, np.nan)
+    splits = ("fit", "val", "test")
+    fit_runs_tbl = pa.table({  # noqa: F841 (read by SQL)
+        "run_id": pa.array(np.concatenate([runs.get(s, np.zeros(0, np.int64)) for s in splits])),
+        "split": pa.array([s for s in splits for _ in runs.get(s, ())], pa.string()),
+    })
+    datamodels_tbl = pa.table({  # noqa: F841
+        "target_idx": pa.array(np.arange(lo, hi, dtype=np.int32)),
+        "bias": pa.array(np.asarray(bias, np.float64)),
+        "penalty": _nan_to_null(nan if penalty is None else penalty),
+        "nnz": pa.array(np.diff(coef.indptr).astype(np.int32)),
+        "val_mse": _nan_to_null(nan if val_mse is None else val_mse),
+        "test_mse": _nan_to_null(test_mse),
+        "test_pearson": _nan_to_null(pearson),
+        "test_spearman": _nan_to_null(spearman),
+    })
+    rows = np.repeat(np.arange(k, dtype=np.int32), np.diff(coef.indptr)) + lo
+    weights_tbl = pa.table({  # noqa: F841
+        "target_idx": pa.array(rows.astype(np.int32)),
+        "train_idx": pa.array(coef.indices.astype(np.int32)),
+        "weight": pa.array(coef.data.astype(np.float32)),
+    })
+    with db.transaction() as con:
+        fit_id = int(con.execute("SELECT coalesce(max(fit_id), 0) + 1 FROM fits"
+                                 ).fetchall()[0][0])
+        con.execute(
+            "INSERT INTO fits VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [fit_id, utcnow(), solver, device, alpha, *(len(runs.get(s, ())) for s in splits),
+             lo, hi, wall_seconds, __version__, json.dumps(parameters)],
+        )
+        con.execute("INSERT INTO fit_runs SELECT ?, run_id, split FROM fit_runs_tbl", [fit_id])
+        con.execute("INSERT INTO datamodels SELECT ?, * FROM datamodels_tbl", [fit_id])
+        con.execute("INSERT INTO weights SELECT ?, * FROM weights_tbl", [fit_id])
+    db.checkpoint()
+    return fit_id

@@ -8,28 +8,26 @@ used. The solver itself lives in :mod:`dmdb.lasso`.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import scipy.sparse as sp
 
 from dmdb.catalog import FIT_TABLES as FIT_TABLES  # the old import paths keep working
 from dmdb.catalog import drop_fit as drop_fit
+from dmdb.catalog import evaluate_fit, record_fit
 from dmdb.catalog import latest_fit as latest_fit
 from dmdb.catalog import list_fits as list_fits
 from dmdb.catalog import load_fit as load_fit
 from dmdb.catalog import resolve_fit as resolve_fit
-from dmdb.codec import utcnow
 from dmdb.db import Database
 from dmdb.devices import resolve_device
 from dmdb.errors import FitError, UsageError
 from dmdb.lasso import DatamodelLasso, GramStats
-from dmdb.metrics import correlations
+from dmdb.metrics import correlations as correlations
 
 # The fewest runs per split a fit accepts: enough to pick λ and to rank test runs.
 MIN_RUNS = {"fit": 10, "val": 2, "test": 3}
@@ -160,12 +158,8 @@ def fit(
     _, x_val, y_val = db.load_runs(run_ids=runs["val"])
     estimator.fit_stats(stats, x_val, y_val[:, lo:hi], chunks if not gram else None)
     del stats
-    _, x_test, y_test = db.load_runs(run_ids=runs["test"])
     coef = estimator.coef_
-    pred = estimator.intercept_[None, :] + np.asarray((coef @ x_test.T.astype(np.float32)).T)
-    actual = y_test[:, lo:hi]
-    test_mse = ((pred - actual) ** 2).mean(axis=0)
-    pearson, spearman = correlations(pred, actual)
+    test_mse, pearson, spearman = evaluate_fit(db, estimator.intercept_, coef, runs["test"], lo)
     timings = dict(estimator.timings_) | {"stats": stats_seconds}
     params = {
         "solver": solver, "n_lambdas": n_lambdas, "lambda_ratio": lambda_ratio, "tol": tol,
@@ -187,49 +181,14 @@ def fit(
     )
 
 
-def _nan_to_null(values: np.ndarray) -> pa.Array:
-    values = np.asarray(values, dtype=np.float64)
-    return pa.array(values, mask=~np.isfinite(values))
-
-
 def _write_fit(
-    db: Database, runs: dict[str, np.ndarray], lo: int, hi: int, est: DatamodelLasso,
+    db: Database, runs: dict[str, np.ndarray], lo: int, hi: int, est: Any,
     coef: sp.csr_matrix, test_mse: np.ndarray, pearson: np.ndarray, spearman: np.ndarray,
     *, alpha: float | None, solver: str, device: str, params: dict[str, Any], wall: float,
 ) -> int:
-    from dmdb import __version__
-
-    k = hi - lo
-    fit_runs_tbl = pa.table({  # noqa: F841 (read by SQL)
-        "run_id": pa.array(np.concatenate([runs[s] for s in ("fit", "val", "test")])),
-        "split": pa.array([s for s in ("fit", "val", "test") for _ in runs[s]], pa.string()),
-    })
-    datamodels_tbl = pa.table({  # noqa: F841
-        "target_idx": pa.array(np.arange(lo, hi, dtype=np.int32)),
-        "bias": pa.array(est.intercept_.astype(np.float64)),
-        "penalty": pa.array(est.penalty_.astype(np.float64)),
-        "nnz": pa.array(est.nnz_.astype(np.int32)),
-        "val_mse": _nan_to_null(est.val_mse_),
-        "test_mse": _nan_to_null(test_mse),
-        "test_pearson": _nan_to_null(pearson),
-        "test_spearman": _nan_to_null(spearman),
-    })
-    rows = np.repeat(np.arange(k, dtype=np.int32), np.diff(coef.indptr)) + lo
-    weights_tbl = pa.table({  # noqa: F841
-        "target_idx": pa.array(rows.astype(np.int32)),
-        "train_idx": pa.array(coef.indices.astype(np.int32)),
-        "weight": pa.array(coef.data.astype(np.float32)),
-    })
-    with db.transaction() as con:
-        fit_id = int(con.execute("SELECT coalesce(max(fit_id), 0) + 1 FROM fits"
-                                 ).fetchall()[0][0])
-        con.execute(
-            "INSERT INTO fits VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [fit_id, utcnow(), solver, device, alpha, len(runs["fit"]), len(runs["val"]),
-             len(runs["test"]), lo, hi, wall, __version__, json.dumps(params)],
-        )
-        con.execute("INSERT INTO fit_runs SELECT ?, run_id, split FROM fit_runs_tbl", [fit_id])
-        con.execute("INSERT INTO datamodels SELECT ?, * FROM datamodels_tbl", [fit_id])
-        con.execute("INSERT INTO weights SELECT ?, * FROM weights_tbl", [fit_id])
-    db.checkpoint()
-    return fit_id
+    """Record a fitted estimator's result with its test metrics (see :func:`record_fit`)."""
+    return record_fit(
+        db, runs=runs, target_range=(lo, hi), bias=est.intercept_, weights=coef,
+        penalty=est.penalty_, val_mse=est.val_mse_, solver=solver, device=device, alpha=alpha,
+        parameters=params, wall_seconds=wall, test_metrics=(test_mse, pearson, spearman),
+    )
