@@ -11,7 +11,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from dmdb.db import Database, Experiment, connect, init
 from dmdb.errors import DmdbError
 from dmdb.ingest import IngestResult
-
-__version__ = "0.1.0"
+from dmdb.version import __version__
 
 __all__ = ["Database", "DmdbError", "Experiment", "IngestResult", "connect", "init", "__version__"]

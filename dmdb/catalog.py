@@ -16,6 +16,7 @@ from dmdb.codec import utcnow
 from dmdb.db import Database
 from dmdb.errors import UsageError
 from dmdb.metrics import correlations
+from dmdb.version import __version__
 
 # Tables keyed by fit_id, children first; later applications add theirs here.
 FIT_TABLES = [
@@ -125,8 +126,6 @@ def record_fit(
         Computed with :func:`evaluate_fit` on ``runs['test']`` when not given.
     """
     import scipy.sparse as sp
-
-    from dmdb import __version__
 
     lo, hi = target_range
     k = hi - lo

@@ -18,8 +18,8 @@ import click
 import numpy as np
 import pyarrow as pa
 
-from dmdb import __version__
 from dmdb.errors import DmdbError, InputError, UsageError
+from dmdb.version import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
 
