@@ -126,7 +126,7 @@ def status(db: str) -> None:
     """Show the experiment, run counts by alpha and split, fits and file size."""
     from dmdb.db import connect
 
-    info = connect(db).status()
+    info = connect(db, read_only=True).status()
     exp = info["experiment"]
     dataset = f" (dataset {exp.dataset})" if exp.dataset else ""
     click.echo(f"{db}: experiment {exp.name!r}{dataset}")
@@ -154,15 +154,30 @@ def status(db: str) -> None:
 
 @cli.command()
 @db_argument
+@reports_errors
+def migrate(db: str) -> None:
+    """Bring DB up to this dmdb's schema (read commands never migrate a file)."""
+    from dmdb.db import connect
+
+    version = connect(db).migrate()
+    click.echo(f"{db}: schema version {version}")
+
+
+@cli.command()
+@db_argument
 @click.argument("query")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True)
 @reports_errors
 def sql(db: str, query: str, fmt: str) -> None:
-    """Run QUERY read-only against DB and print the result."""
+    """Run QUERY read-only against DB and print the result.
+
+    QUERY is one SELECT, WITH, DESCRIBE, SHOW, EXPLAIN or SUMMARIZE statement.
+    Anything that could write (to the database or to any other file) is refused.
+    """
     from dmdb.db import connect
 
-    table = connect(db, read_only=True).sql(query)
+    table = connect(db, read_only=True).read_query(query)
     click.echo(format_table(table, fmt), nl=False)
 
 
@@ -275,9 +290,9 @@ def fit(db: str, alpha: float | None, max_fit_runs: int | None, target_range: st
 def fits(db: str, drop: int | None) -> None:
     """List the fits in DB (or delete one with --drop)."""
     from dmdb.db import connect
-    from dmdb.fitting import drop_fit, list_fits
+    from dmdb.catalog import drop_fit, list_fits
 
-    database = connect(db)
+    database = connect(db, read_only=drop is None)
     if drop is not None:
         drop_fit(database, drop)
         click.echo(f"dropped fit {drop}")
@@ -297,7 +312,7 @@ def export(db: str, fit_id: int, fmt: str, out: str | None) -> None:
     from dmdb.db import connect
     from dmdb.export import export_fit
 
-    paths = export_fit(connect(db), fit_id, out or f"fit-{fit_id}", fmt)
+    paths = export_fit(connect(db, read_only=True), fit_id, out or f"fit-{fit_id}", fmt)
     for p in paths:
         click.echo(f"wrote {p}")
 
@@ -348,7 +363,7 @@ def leakage(db: str, fit_id: int | None, top: int, fmt: str) -> None:
     from dmdb.applications import leakage as leakage_pairs
     from dmdb.db import connect
 
-    click.echo(format_table(leakage_pairs(connect(db), fit_id=fit_id, top=top), fmt), nl=False)
+    click.echo(format_table(leakage_pairs(connect(db, read_only=True), fit_id=fit_id, top=top), fmt), nl=False)
 
 
 @cli.command()

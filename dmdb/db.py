@@ -25,9 +25,12 @@ import pyarrow as pa
 
 from dmdb import migrations
 from dmdb.codec import decode_runs, quote_literal, utcnow
-from dmdb.errors import BusyError, DatabaseError, DmdbError, InputError, UsageError
+from dmdb.errors import BusyError, DatabaseError, InputError, UsageError
 
 MAX_TARGETS = 100_000  # DuckDB's ARRAY size limit (FLOAT[M])
+# N is not bound by an ARRAY (masks are packed BLOBs); this keeps init's own tables
+# (one row per training example) to a few hundred MB. ImageNet's N is 1.28M.
+MAX_TRAIN = 10_000_000
 # Each shipped file is written with this storage version so that PyPI's duckdb-cli
 # 1.5.x (the DuckDB shell users have) can open it.
 STORAGE_VERSION = "v1.5.0"
@@ -42,6 +45,30 @@ DEFAULT_TEST_FRACTION = 0.1
 def _is_lock_error(e: Exception) -> bool:
     msg = str(e)
     return "lock on file" in msg or "Conflicting lock" in msg
+
+
+def _open_error(path: str, e: Exception, write: bool) -> DatabaseError:
+    """One line for a file DuckDB would not open, saying what to do about it."""
+    first = str(e).splitlines()[0]
+    if "Unique file handle conflict" in first:
+        return DatabaseError(
+            f"{path} is already open in this process (a notebook's duckdb connection?); "
+            "close that connection, or pass it in: dmdb.connect(con)"
+        )
+    if "Permission denied" in first and write:
+        return DatabaseError(f"{path}: no permission to write this file; reads still work")
+    return DatabaseError(f"{path}: cannot open: {first}")
+
+
+def _attached_file(con: duckdb.DuckDBPyConnection) -> tuple[str, bool]:
+    """The file behind a user's connection (its current database) and whether it is read-only."""
+    rows = con.execute(
+        "SELECT path, readonly FROM duckdb_databases() WHERE database_name = current_database()"
+    ).fetchall()
+    if not rows:
+        raise DatabaseError("the connection has no current database")
+    path, read_only = rows[0]
+    return (path or ":memory:"), bool(read_only)
 
 
 @dataclass
@@ -60,36 +87,45 @@ class Experiment:
 
 
 class Database:
-    """A dmdb database file (or an in-memory database).
+    """A dmdb database file (or an in-memory database, or a user's open connection).
 
     Parameters
     ----------
-    path : str or Path
-        The DuckDB file, or ":memory:".
+    path : str, Path, or duckdb.DuckDBPyConnection
+        The DuckDB file, ":memory:", or a connection the caller already holds (a
+        notebook's ``duckdb.connect(path)``): dmdb then works through cursors of it
+        instead of opening the file a second time, which DuckDB refuses within one
+        process ("Unique file handle conflict").
     read_only : bool
-        Open read-only: nothing is migrated and nothing can be written.
+        Never write: nothing is migrated and nothing can be written. Reads open the
+        file read-only in any case, so many processes can read at once.
     busy_timeout : float
         Seconds to keep retrying while another process holds the file lock.
     """
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | duckdb.DuckDBPyConnection,
         *,
         read_only: bool = False,
         busy_timeout: float = 10.0,
         _creating: bool = False,
     ) -> None:
+        self._user: duckdb.DuckDBPyConnection | None = None
+        if isinstance(path, duckdb.DuckDBPyConnection):
+            self._user = path
+            path, user_read_only = _attached_file(path)
+            read_only = read_only or user_read_only
         self.path = str(path)
         self.read_only = read_only
         self.busy_timeout = busy_timeout
         self._memory: duckdb.DuckDBPyConnection | None = None
         self._experiment: Experiment | None = None
         # init() creates the file and its schema, so there is nothing to check or migrate.
-        self._current = _creating
-        if self.in_memory:
+        self._checked: set[bool] = {False, True} if _creating else set()
+        if self.in_memory and self._user is None:
             self._memory = duckdb.connect()
-        elif not _creating and not Path(self.path).exists():
+        elif not _creating and self._user is None and not Path(self.path).exists():
             raise DatabaseError(f"{self.path}: no such database; create it with `dmdb init`")
 
     @property
@@ -115,12 +151,14 @@ class Database:
             except duckdb.Error as e:
                 con.close()
                 if not _is_lock_error(e):
-                    first = str(e).splitlines()[0]
-                    raise DatabaseError(f"{self.path}: cannot open: {first}") from e
+                    raise _open_error(self.path, e, write) from e
                 if time.monotonic() >= deadline:
                     raise BusyError(
-                        f"{self.path}: database is busy (another process holds it); "
-                        "retry when it has finished writing"
+                        f"{self.path}: database is busy (another process is writing to it); "
+                        "retry when it has finished, or wait longer with --wait SECONDS"
+                        if not write else
+                        f"{self.path}: database is busy (another process has it open); "
+                        "retry when it has finished, or wait longer with --wait SECONDS"
                     ) from e
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
@@ -129,13 +167,21 @@ class Database:
     def session(
         self, write: bool = False, create: bool = False
     ) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection for one operation; the file is released when the block ends."""
+        """A connection for one operation; the file is released when the block ends.
+
+        Reads open the file READ_ONLY, so they run beside other readers.
+        """
         if write and self.read_only:
-            raise UsageError(f"{self.path} was opened read-only")
+            raise UsageError(
+                f"{self.path} was opened read-only; open it for writing to change it"
+                if self._user is None else
+                f"{self.path}: the connection passed to dmdb is read-only; pass a "
+                "read-write connection (duckdb.connect(path)) to write"
+            )
         if self._memory is not None:
             yield self._memory
             return
-        con = self._open(write, create)
+        con = self._user.cursor() if self._user is not None else self._open(write, create)
         try:
             if write and not create:
                 con.execute("SET checkpoint_threshold = '1GB'")
@@ -144,6 +190,7 @@ class Database:
             con.close()
 
     def _check_schema(self, con: duckdb.DuckDBPyConnection, write: bool) -> None:
+        """Refuse a newer or empty file; a write migrates an older one, a read refuses it."""
         version = migrations.db_version(con)
         if version == 0:
             raise DatabaseError(f"{self.path}: empty database; create it with `dmdb init`")
@@ -152,33 +199,45 @@ class Database:
             if not write:
                 raise DatabaseError(
                     f"{self.path} has schema version {version}, older than this dmdb's "
-                    f"{migrations.code_version()}; open it once without read-only to migrate it"
+                    f"{migrations.code_version()}; open it once without read-only to migrate "
+                    f"it: `dmdb migrate {self.path}`"
                 )
             exp = self._read_experiment(con)
             migrations.migrate(con, n_train=exp.n_train, n_targets=exp.n_targets)
         if write:
             migrations.install_queries(con)
 
-    def _ensure_current(self) -> None:
-        """Once per Database: migrate an older file (unless opened read-only)."""
-        if self._current:
-            return
-        with self.session(write=not self.read_only) as con:
-            try:
-                self._check_schema(con, write=not self.read_only)
-            except duckdb.Error as e:
-                raise DatabaseError(str(e).splitlines()[0]) from e
-        self._current = True
-
     @contextmanager
     def connection(self, write: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection to a database whose schema is current."""
-        self._ensure_current()
+        """A connection to a database whose schema is current (checked once per mode)."""
+        if not write and False not in self._checked and not self.read_only:
+            # A read opens read-only and cannot migrate; a Database that may write
+            # migrates an older file first (read_only=True never does).
+            with self.session(write=False) as con:
+                older = self._schema_version(con) < migrations.code_version()
+            if older:
+                with self.connection(write=True):
+                    pass
+                self._checked.add(False)
         with self.session(write=write) as con:
             try:
+                if write not in self._checked:
+                    self._check_schema(con, write)
+                    self._checked.add(write)
                 yield con
             except duckdb.Error as e:
                 raise DatabaseError(str(e).splitlines()[0]) from e
+
+    def _schema_version(self, con: duckdb.DuckDBPyConnection) -> int:
+        try:
+            return migrations.db_version(con)
+        except duckdb.Error as e:
+            raise DatabaseError(f"{self.path}: {str(e).splitlines()[0]}") from e
+
+    def migrate(self) -> int:
+        """Bring an older file up to this dmdb's schema; return the schema version."""
+        with self.connection(write=True) as con:
+            return migrations.db_version(con)
 
     # -- the experiment ----------------------------------------------------------------
 
@@ -343,12 +402,30 @@ class Database:
     # -- queries -----------------------------------------------------------------------
 
     def sql(self, query: str, params: list[Any] | None = None) -> pa.Table:
-        """Run a query read-only (on a file) and return the result as Arrow."""
-        with self.session(write=False) as con:
-            try:
-                return con.sql(query, params=params).to_arrow_table()
-            except duckdb.Error as e:
-                raise DatabaseError(str(e).splitlines()[0]) from e
+        """Run one of dmdb's own queries read-only and return the result as Arrow.
+
+        For a query typed by a user, use :meth:`read_query`, which also refuses
+        anything that could write.
+        """
+        with self.connection(write=False) as con:
+            return con.sql(query, params=params).to_arrow_table()
+
+    def read_query(self, query: str) -> pa.Table:
+        """Run a user's query, which must be one SELECT, WITH, DESCRIBE, SHOW, EXPLAIN or
+        SUMMARIZE statement; anything else is refused before it runs.
+
+        The file is attached read-only and then DuckDB's own controls are locked:
+        no file access outside the attached database (no ATTACH, COPY, EXPORT,
+        read_csv of other files) and no configuration changes.
+        """
+        kinds = _statement_kinds(query)
+        with self.connection(write=False) as con:
+            if self._user is None and self._memory is None:
+                con.execute("SET enable_external_access = false")
+                con.execute("SET lock_configuration = true")
+            if kinds != ["SELECT"] and kinds != ["EXPLAIN"]:
+                raise UsageError(_refusal(kinds))
+            return con.sql(query).to_arrow_table()
 
     def status(self) -> dict[str, Any]:
         """The experiment, the run counts by alpha and split, the fits and the file size."""
@@ -394,10 +471,35 @@ class Database:
         return bias, weights
 
 
+def _statement_kinds(query: str) -> list[str]:
+    """The statement types of ``query``, from DuckDB's own parser."""
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as e:
+        raise UsageError(f"cannot parse the query: {str(e).splitlines()[0]}") from e
+    return [s.type.name for s in statements]
+
+
+def _refusal(kinds: list[str]) -> str:
+    allowed = "SELECT, WITH, DESCRIBE, SHOW, EXPLAIN or SUMMARIZE"
+    if not kinds:
+        return f"empty query; give one {allowed} statement"
+    if len(kinds) > 1:
+        return f"{len(kinds)} statements given; `dmdb sql` runs exactly one ({allowed})"
+    return f"`dmdb sql` is read-only: {kinds[0]} statements are not allowed; give one {allowed}"
+
+
 def connect(
-    path: str | os.PathLike[str], *, read_only: bool = False, busy_timeout: float = 10.0
+    path: str | os.PathLike[str] | duckdb.DuckDBPyConnection,
+    *,
+    read_only: bool = False,
+    busy_timeout: float = 10.0,
 ) -> Database:
-    """Open an existing dmdb database (see :func:`init` to create one)."""
+    """Open an existing dmdb database (see :func:`init` to create one).
+
+    ``path`` may be a DuckDB connection the caller holds (``dmdb.connect(con)``), so
+    that dmdb works beside a notebook's own connection to the same file.
+    """
     return Database(path, read_only=read_only, busy_timeout=busy_timeout)
 
 
@@ -441,18 +543,22 @@ def init(
             raise InputError(f"{len(arr)} {what} for {size} examples")
     path = str(path)
     in_memory = path == ":memory:"
+    building = path
     if not in_memory:
         p = Path(path)
-        if p.exists():
-            if not force:
-                raise UsageError(f"{path} already exists; use --force to replace it")
-            if p.is_dir():
-                raise UsageError(f"{path} is a folder, not a database file")
-            p.unlink()
-            Path(path + ".wal").unlink(missing_ok=True)
-        elif not p.parent.exists():
+        if p.is_dir():
+            raise UsageError(f"{path} is a folder, not a database file")
+        if p.exists() and not force:
+            raise UsageError(f"{path} already exists; use --force to replace it")
+        if not p.parent.is_dir():
             raise UsageError(f"{p.parent}: no such folder")
-    db = Database(path, _creating=True)
+        if not os.access(p.parent, os.W_OK):
+            raise UsageError(f"{p.parent}: no permission to create files in this folder")
+        # Built under a temporary name and renamed into place once complete, so a
+        # killed init never leaves a file that looks like a database.
+        building = str(p.with_name(f".{p.name}.init-{os.getpid()}"))
+        _remove_database_file(building)
+    db = Database(building, _creating=True)
     try:
         with db.session(write=True, create=True) as con:
             migrations.migrate(con, n_train=n_train, n_targets=n_targets)
@@ -467,14 +573,22 @@ def init(
             migrations.install_queries(con)
             if not in_memory:
                 con.execute("CHECKPOINT")
-    except (DmdbError, duckdb.Error) as e:
+    except BaseException as e:
         if not in_memory:
-            Path(path).unlink(missing_ok=True)
-            Path(path + ".wal").unlink(missing_ok=True)
-        if isinstance(e, DmdbError):
-            raise
-        raise DatabaseError(f"init failed: {str(e).splitlines()[0]}") from e
-    return db
+            _remove_database_file(building)
+        if isinstance(e, duckdb.Error):
+            raise DatabaseError(f"init failed: {str(e).splitlines()[0]}") from e
+        raise
+    if in_memory:
+        return db
+    Path(path + ".wal").unlink(missing_ok=True)
+    os.replace(building, path)
+    return Database(path, _creating=True)
+
+
+def _remove_database_file(path: str) -> None:
+    Path(path).unlink(missing_ok=True)
+    Path(path + ".wal").unlink(missing_ok=True)
 
 
 def _check_init_args(
@@ -482,6 +596,9 @@ def _check_init_args(
 ) -> None:
     if n_train < 1:
         raise UsageError(f"--train-size must be positive, got {n_train}")
+    if n_train > MAX_TRAIN:
+        raise UsageError(f"--train-size {n_train:,} is over dmdb's limit of {MAX_TRAIN:,} "
+                         "training examples")
     if not 1 <= n_targets <= MAX_TARGETS:
         raise UsageError(
             f"--targets must be in 1..{MAX_TARGETS} (DuckDB's array size limit), got {n_targets}"
