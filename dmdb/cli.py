@@ -289,8 +289,8 @@ def fit(db: str, alpha: float | None, max_fit_runs: int | None, target_range: st
 @reports_errors
 def fits(db: str, drop: int | None) -> None:
     """List the fits in DB (or delete one with --drop)."""
-    from dmdb.db import connect
     from dmdb.catalog import drop_fit, list_fits
+    from dmdb.db import connect
 
     database = connect(db, read_only=drop is None)
     if drop is not None:
@@ -363,7 +363,8 @@ def leakage(db: str, fit_id: int | None, top: int, fmt: str) -> None:
     from dmdb.applications import leakage as leakage_pairs
     from dmdb.db import connect
 
-    click.echo(format_table(leakage_pairs(connect(db, read_only=True), fit_id=fit_id, top=top), fmt), nl=False)
+    pairs = leakage_pairs(connect(db, read_only=True), fit_id=fit_id, top=top)
+    click.echo(format_table(pairs, fmt), nl=False)
 
 
 @cli.command()
