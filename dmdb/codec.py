@@ -47,6 +47,21 @@ def pack_masks(masks: np.ndarray) -> np.ndarray:
     return np.packbits(masks, axis=1)
 
 
+def as_float32_margins(margins: np.ndarray, where: str = "") -> np.ndarray:
+    """Margins as float32, refusing what float32 cannot hold (one line, no numpy warning)."""
+    at = f"{where}: " if where else ""
+    margins = np.asarray(margins)
+    if not np.issubdtype(margins.dtype, np.floating):
+        raise InputError(f"{at}margins must be floats, got {margins.dtype}")
+    if margins.dtype.itemsize > 4:
+        finite = np.isfinite(margins)
+        big = finite & (np.abs(margins) > np.finfo(np.float32).max)
+        if big.any():
+            r = int(np.argwhere(big)[0][0])
+            raise InputError(f"{at}margin out of float32 range in row {r}")
+    return margins.astype(np.float32, copy=False)
+
+
 def unpack_masks(packed: np.ndarray, n_train: int) -> np.ndarray:
     """Inverse of :func:`pack_masks`: a bool array of shape (k, n_train)."""
     return np.unpackbits(packed, axis=1, count=n_train).view(np.bool_)

@@ -9,6 +9,7 @@ job therefore holds the lock only while it flushes. An in-memory database
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -121,6 +122,7 @@ class Database:
         self.busy_timeout = busy_timeout
         self._memory: duckdb.DuckDBPyConnection | None = None
         self._experiment: Experiment | None = None
+        self._fingerprint: str | None = None
         # init() creates the file and its schema, so there is nothing to check or migrate.
         self._checked: set[bool] = {False, True} if _creating else set()
         if self.in_memory and self._user is None:
@@ -263,6 +265,30 @@ class Database:
             with self.connection() as con:
                 self._experiment = self._read_experiment(con)
         return self._experiment
+
+    @property
+    def fingerprint(self) -> str:
+        """The experiment fingerprint: a sha256 of what defines the experiment.
+
+        N, M, the seed, the dataset, the split fractions and the labels of the
+        training and target examples; not the file's name or creation time, so a
+        fresh ``dmdb init`` of the same experiment has the same fingerprint, and the
+        runs that dmdb draws for it get the same ids. Workers carry it in their
+        spec and shards; ingest refuses shards made for another experiment.
+        """
+        if self._fingerprint is None:
+            exp = self.experiment
+            with self.connection() as con:
+                labels = [
+                    con.sql(f"SELECT list(label ORDER BY {key}) FROM {table}").fetchall()[0][0]
+                    for table, key in (("train_examples", "train_idx"), ("targets", "target_idx"))
+                ]
+            self._fingerprint = experiment_fingerprint(
+                n_train=exp.n_train, n_targets=exp.n_targets, seed=exp.seed,
+                dataset=exp.dataset, val_fraction=exp.val_fraction,
+                test_fraction=exp.test_fraction, train_labels=labels[0], target_labels=labels[1],
+            )
+        return self._fingerprint
 
     # -- writing ------------------------------------------------------------------------
 
@@ -469,6 +495,21 @@ class Database:
             shape=(exp.n_targets, exp.n_train), dtype=np.float32,
         )
         return bias, weights
+
+
+def experiment_fingerprint(
+    *, n_train: int, n_targets: int, seed: int, dataset: str | None, val_fraction: float,
+    test_fraction: float, train_labels: list[Any] | None, target_labels: list[Any] | None,
+) -> str:
+    """sha256 (hex) of an experiment's defining facts; see :attr:`Database.fingerprint`."""
+    facts = {
+        "n_train": int(n_train), "n_targets": int(n_targets), "seed": int(seed),
+        "dataset": dataset, "val_fraction": float(val_fraction),
+        "test_fraction": float(test_fraction),
+        "train_labels": hashlib.sha256(json.dumps(train_labels).encode()).hexdigest(),
+        "target_labels": hashlib.sha256(json.dumps(target_labels).encode()).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
 
 def _statement_kinds(query: str) -> list[str]:

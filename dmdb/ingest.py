@@ -79,6 +79,7 @@ def ingest(
     """
     src = _as_source(data, source)
     exp = db.experiment
+    fingerprint = db.fingerprint  # read before the write connection holds the file
     result = IngestResult()
     with db.connection(write=True) as con:
         done = _ingested_files(con)
@@ -86,7 +87,7 @@ def ingest(
         result.files_skipped = len(src.files) - len(pending)
         if src.files and not pending:
             return result
-        staged = list(_stage(con, src, exp))  # pass 1: validate everything
+        staged = list(_stage(con, src, exp, fingerprint))  # pass 1: validate everything
         result.n_input = sum(n for _, n, _ in staged)
         new = [t for _, _, t in staged if t.num_rows]
         result.n_new = sum(t.num_rows for t in new)
@@ -122,12 +123,17 @@ def _ingested_files(con: duckdb.DuckDBPyConnection) -> set[tuple[str, int, int]]
 
 
 def _stage(
-    con: duckdb.DuckDBPyConnection, src: Source, exp: Experiment
+    con: duckdb.DuckDBPyConnection, src: Source, exp: Experiment, fingerprint: str
 ) -> Iterator[tuple[str, int, pa.Table]]:
     """Validate every batch; yield where it came from, its run count, and its new runs."""
     seen: dict[int, int] = {}
     for where, batch in src.batches(exp.n_train, exp.n_targets):
         validate(batch, n_train=exp.n_train, n_targets=exp.n_targets, where=where)
+        if batch.fingerprint is not None and batch.fingerprint != fingerprint:
+            raise InputError(
+                f"{where}: made for experiment fingerprint {batch.fingerprint[:16]}…, but this "
+                f"database's is {fingerprint[:16]}…; ingest it into the database its spec came from"
+            )
         if batch.source is None:
             batch.source = src.label
         table = complete(
@@ -138,13 +144,15 @@ def _stage(
 
 
 def _dedupe_input(table: pa.Table, seen: dict[int, int], where: str) -> pa.Table:
-    """Drop runs repeated within the input; a repeated run_id must have equal content."""
+    """Drop runs repeated within the input; a repeated run_id must have equal content,
+    unless dmdb drew it (then its identity is the draw, and the first copy wins)."""
     ids = table.column("run_id").to_numpy()
     hashes = table.column("content_hash").to_numpy()
+    drawn = _drawn(table)
     keep = np.ones(len(ids), dtype=bool)
     for i, (rid, h) in enumerate(zip(ids.tolist(), hashes.tolist(), strict=True)):
         if rid in seen:
-            if seen[rid] != h:
+            if seen[rid] != h and not drawn[i]:
                 raise InputError(f"{where}: run_id {rid} appears twice with different content")
             keep[i] = False
         else:
@@ -160,14 +168,20 @@ def _drop_existing(con: duckdb.DuckDBPyConnection, staged: pa.Table, where: str)
     stored = dict(existing)
     ids = staged.column("run_id").to_numpy()
     hashes = staged.column("content_hash").to_numpy()
-    for rid, h in zip(ids.tolist(), hashes.tolist(), strict=True):
-        if rid in stored and stored[rid] != h:
+    drawn = _drawn(staged)
+    for rid, h, d in zip(ids.tolist(), hashes.tolist(), drawn.tolist(), strict=True):
+        if rid in stored and stored[rid] != h and not d:
             raise InputError(
                 f"{where}: run_id {rid} is already in the database with different content; "
                 "runs are never overwritten"
             )
     keep = ~np.isin(ids, np.fromiter(stored, np.int64, len(stored)))
     return staged if keep.all() else staged.filter(pa.array(keep))
+
+
+def _drawn(table: pa.Table) -> np.ndarray:
+    """Which staged runs were drawn by dmdb (their identity is the draw, not the content)."""
+    return np.asarray(table.column("draw").is_valid().to_numpy(zero_copy_only=False), bool)
 
 
 def _write(

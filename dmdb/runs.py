@@ -39,6 +39,7 @@ _M64 = (1 << 64) - 1
 # Fixed keys of the multilinear hashes below; changing them changes run identity.
 _HASH_SEED_MASK = 0x6D61736B5F696473
 _HASH_SEED_RUN = 0x72756E5F636F6E74
+_HASH_SEED_DRAWN = 0x647261776E5F6964
 
 
 def splitmix64(x: Any) -> Any:
@@ -96,6 +97,29 @@ def row_hash(parts: np.ndarray | list[np.ndarray], seed: int) -> np.ndarray:
     return (splitmix64(acc) >> np.uint64(1)).astype(np.int64)
 
 
+def drawn_run_ids(
+    fingerprint: str, alpha: float | np.ndarray, draws: np.ndarray, repeats: np.ndarray
+) -> np.ndarray:
+    """The run_id of runs drawn by dmdb: a 63-bit hash of (fingerprint, alpha, draw, repeat).
+
+    Masks and seeds are functions of these, so a retried or repeated training of
+    the same draw gets the same id whatever its margins (GPU kernels are not
+    bit-deterministic), and lands once.
+    """
+    k = len(draws)
+    alpha_key = np.round(np.broadcast_to(np.asarray(alpha, np.float64), (k,)) * 1e6)
+    words = np.empty((k, 4), np.uint64)
+    words[:, 0] = np.uint64(int(fingerprint[:16], 16))
+    words[:, 1] = alpha_key.astype(np.uint64)
+    words[:, 2] = np.asarray(draws).astype(np.uint64)
+    words[:, 3] = np.asarray(repeats).astype(np.uint64)
+    return row_hash(words.view(np.uint8).reshape(k, 32), _HASH_SEED_DRAWN)
+
+
+def _is_fingerprint(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
 def check_alpha(alpha: float) -> float:
     """An --alpha option checked to lie in (0, 1]."""
     if not 0 < alpha <= 1:
@@ -131,6 +155,10 @@ class RunBatch:
     train_acc : float64 array of shape (k,), NaN where unknown.
     trainer, source : str or None, shared by the batch.
     info : list of JSON strings or None.
+    draw, repeat : int64 arrays of shape (k,), or None: for runs drawn by dmdb, the
+        draw index of the mask and the repeat (seed) index on it.
+    fingerprint : str or None: the experiment fingerprint the runs were drawn for.
+        With ``draw``, it makes the run's identity (see :func:`drawn_run_ids`).
     """
 
     masks: np.ndarray
@@ -144,6 +172,9 @@ class RunBatch:
     trainer: str | None = None
     source: str | None = None
     info: list[str | None] | None = None
+    draw: np.ndarray | None = None
+    repeat: np.ndarray | None = None
+    fingerprint: str | None = None
 
     def __len__(self) -> int:
         return int(self.masks.shape[0])
@@ -191,6 +222,14 @@ def validate(batch: RunBatch, *, n_train: int, n_targets: int, where: str = "") 
                 f"{at}split {bad[0]!r} given; only 'verify' may be set, "
                 "fit/val/test are derived from mask_id"
             )
+    if batch.draw is not None:
+        if batch.fingerprint is None:
+            raise InputError(f"{at}runs carry a draw index but no experiment fingerprint")
+        negative = np.flatnonzero(batch.draw < 0)
+        if len(negative):
+            raise InputError(f"{at}draw of row {int(negative[0])} is negative")
+        if not _is_fingerprint(batch.fingerprint):
+            raise InputError(f"{at}fingerprint {batch.fingerprint!r} is not a dmdb fingerprint")
     if batch.run_id is not None:
         uniq, counts = np.unique(batch.run_id, return_counts=True)
         if (counts > 1).any():
@@ -205,7 +244,14 @@ def complete(
     margins = np.ascontiguousarray(batch.margins, dtype=np.float32)
     content = row_hash([batch.masks, margins.view(np.uint8).reshape(k, -1)], _HASH_SEED_RUN)
     mask_id = batch.mask_id if batch.mask_id is not None else row_hash(batch.masks, _HASH_SEED_MASK)
-    run_id = batch.run_id if batch.run_id is not None else content
+    repeat = batch.repeat
+    if batch.draw is not None and repeat is None:
+        repeat = np.zeros(k, np.int64)
+    run_id = content
+    if batch.run_id is not None:
+        run_id = batch.run_id
+    elif batch.draw is not None and batch.fingerprint is not None and repeat is not None:
+        run_id = drawn_run_ids(batch.fingerprint, batch.alpha, batch.draw, repeat)
     split = assign_splits(mask_id, seed, val_fraction, test_fraction)
     if batch.split is not None:
         given = np.array([s is not None for s in batch.split])
@@ -233,5 +279,10 @@ def complete(
             "info": pa.array(batch.info if batch.info is not None else [None] * k, pa.string()),
             "mask": mask_array(batch.masks),
             "margins": margins_array(margins),
+            "draw": pa.array(batch.draw, pa.int64()) if batch.draw is not None
+            else pa.nulls(k, pa.int64()),
+            "repeat": pa.array(repeat, pa.int32()) if repeat is not None
+            else pa.nulls(k, pa.int32()),
+            "fingerprint": pa.array([batch.fingerprint] * k, pa.string()),
         }
     )

@@ -25,9 +25,11 @@ info           string (JSON provenance)                   no
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -35,12 +37,17 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from dmdb.codec import binary_rows, pack_masks
+from dmdb.codec import as_float32_margins, binary_rows, margins_array, mask_array, pack_masks
 from dmdb.errors import InputError
 from dmdb.runs import RunBatch
 
 REQUIRED = ("alpha", "mask", "margins")
-OPTIONAL = ("run_id", "seed", "mask_id", "split", "train_acc", "trainer", "info")
+OPTIONAL = ("run_id", "seed", "mask_id", "split", "train_acc", "trainer", "info", "draw", "repeat",
+            "fingerprint")
+# The Arrow type each optional column must have (checked before anything is written).
+_INTEGER = ("run_id", "seed", "mask_id", "draw", "repeat")
+_NUMBER = ("alpha", "train_acc")
+_TEXT = ("split", "trainer", "info", "fingerprint")
 SHARD_SUFFIXES = (".parquet", ".arrow", ".feather", ".ipc", ".arrows")
 CHUNK_RUNS = 2048
 
@@ -110,17 +117,29 @@ def batch_from_arrow(
         packed = binary_rows(flat, n_bytes).copy()
     else:
         packed = pack_masks(_list_values(mask_col, n_train, "mask", row0))
-    margins_raw = _list_values(table.column("margins"), n_targets, "margins", row0)
-    if not np.issubdtype(margins_raw.dtype, np.floating):
-        raise InputError(f"margins must be floats, got {margins_raw.dtype}")
+    margins = as_float32_margins(_list_values(table.column("margins"), n_targets, "margins", row0))
 
-    def opt(name: str) -> np.ndarray | None:
+    for name in names & set(_INTEGER + _NUMBER + _TEXT):
+        _check_type(table.column(name), name)
+    info = table.column("info").to_pylist() if "info" in names else None
+    if info is not None:
+        _check_json(info, row0)
+    fingerprint = None
+    if "fingerprint" in names:
+        values = [v for v in table.column("fingerprint").unique().to_pylist() if v is not None]
+        if len(values) > 1:
+            raise InputError(f"runs from {len(values)} experiments (fingerprints) in one batch")
+        fingerprint = values[0] if values else None
+
+    def ints(name: str) -> np.ndarray | None:
         if name not in names:
             return None
         col = table.column(name)
-        if col.null_count and name in ("run_id", "mask_id"):
-            raise InputError(f"column {name} has nulls")
-        return col.to_numpy() if name not in ("split", "info", "trainer") else None
+        if col.null_count == len(col):
+            return None
+        if col.null_count:
+            raise InputError(f"column {name} has nulls in some rows; give it for all or none")
+        return col.to_numpy().astype(np.int64)
 
     alpha_col = table.column("alpha")
     if alpha_col.null_count:
@@ -129,29 +148,53 @@ def batch_from_arrow(
     if "trainer" in names:
         values = table.column("trainer").unique().to_pylist()
         trainer = values[0] if len(values) == 1 else ",".join(str(v) for v in values)
+    train_acc = None
+    if "train_acc" in names:
+        train_acc = table.column("train_acc").cast(pa.float64()).to_numpy(zero_copy_only=False)
     return RunBatch(
         masks=packed,
-        margins=margins_raw.astype(np.float32, copy=False),
-        alpha=alpha_col.to_numpy().astype(np.float64),
-        seed=opt("seed").astype(np.int64) if "seed" in names else None,  # type: ignore[union-attr]
-        run_id=_int64(opt("run_id"), "run_id"),
-        mask_id=_int64(opt("mask_id"), "mask_id"),
+        margins=margins,
+        alpha=alpha_col.cast(pa.float64()).to_numpy(zero_copy_only=False),
+        seed=ints("seed"),
+        run_id=ints("run_id"),
+        mask_id=ints("mask_id"),
         split=(
             np.array(table.column("split").to_pylist(), dtype=object)
             if "split" in names else None
         ),
-        train_acc=opt("train_acc"),
+        train_acc=train_acc,
         trainer=trainer,
-        info=table.column("info").to_pylist() if "info" in names else None,
+        info=info,
+        draw=ints("draw"),
+        repeat=ints("repeat"),
+        fingerprint=fingerprint,
     )
 
 
-def _int64(values: np.ndarray | None, name: str) -> np.ndarray | None:
-    if values is None:
-        return None
-    if not np.issubdtype(values.dtype, np.integer):
-        raise InputError(f"column {name} must be integers, got {values.dtype}")
-    return values.astype(np.int64)
+def _check_type(col: pa.ChunkedArray, name: str) -> None:
+    """Refuse a column of the wrong Arrow type, naming it (before anything is written)."""
+    t = col.type
+    if pa.types.is_null(t):
+        return
+    if name in _INTEGER:
+        ok, want = pa.types.is_integer(t), "integers"
+    elif name in _NUMBER:
+        ok, want = pa.types.is_integer(t) or pa.types.is_floating(t), "numbers"
+    else:
+        ok, want = pa.types.is_string(t) or pa.types.is_large_string(t), "text"
+    if not ok:
+        raise InputError(f"column {name} must hold {want}, got {t}")
+
+
+def _check_json(values: list[str | None], row0: int) -> None:
+    """Every non-null info value must be JSON, or the insert would fail half-way."""
+    for i, v in enumerate(values):
+        if v is None:
+            continue
+        try:
+            json.loads(v)
+        except ValueError as e:
+            raise InputError(f"info of row {row0 + i} is not valid JSON ({e})") from None
 
 
 class Source:
@@ -273,6 +316,8 @@ class NpySource(Source):
         self.alpha = alpha
         self.label = label or f"{masks.name}/{margins.name}"
         self.files = []
+        if not (self.masks.dtype == np.bool_ or np.issubdtype(self.masks.dtype, np.number)):
+            raise InputError(f"{masks}: masks must be 0/1 or bool, got dtype {self.masks.dtype}")
         if self.masks.ndim != 2:
             raise InputError(f"{masks}: masks must be 2-D (runs x n_train), got {self.masks.shape}")
         if self.margins.ndim != 2:
@@ -308,7 +353,7 @@ class NpySource(Source):
             where = f"{self.label} rows {int(idx[0])}.."
             yield where, RunBatch(
                 masks=pack_masks(masks),
-                margins=np.asarray(self.margins[sel], dtype=np.float32),
+                margins=as_float32_margins(np.asarray(self.margins[sel]), where),
                 alpha=np.full(len(idx), self.alpha),
                 source=self.label,
             )
@@ -364,3 +409,32 @@ class MultiSource(Source):
                 if batch.source is None:
                     batch.source = s.label
                 yield where, batch
+
+
+def batch_to_arrow(batch: RunBatch) -> pa.Table:
+    """A RunBatch in the public run schema (the inverse of :func:`batch_from_arrow`).
+
+    The experiment fingerprint, when the runs have one, is also in the schema's
+    metadata (``dmdb.fingerprint``), so a shard's experiment is known without a scan.
+    """
+    k = len(batch)
+    columns: dict[str, Any] = {
+        "alpha": pa.array(batch.alpha),
+        "mask": mask_array(batch.masks),
+        "margins": margins_array(batch.margins),
+    }
+    for name in ("run_id", "seed", "mask_id", "train_acc", "draw", "repeat"):
+        value = getattr(batch, name)
+        if value is not None:
+            columns[name] = pa.array(value)
+    if batch.split is not None:
+        columns["split"] = pa.array(list(batch.split), pa.string())
+    if batch.info is not None:
+        columns["info"] = pa.array(batch.info, pa.string())
+    if batch.trainer is not None:
+        columns["trainer"] = pa.array([batch.trainer] * k, pa.string())
+    meta = None
+    if batch.fingerprint is not None:
+        columns["fingerprint"] = pa.array([batch.fingerprint] * k, pa.string())
+        meta = {"dmdb.fingerprint": batch.fingerprint}
+    return pa.table(columns, metadata=meta)

@@ -18,15 +18,14 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dmdb.codec import margins_array, mask_array, pack_masks, utcnow
+from dmdb.codec import as_float32_margins, pack_masks, utcnow
 from dmdb.db import Database
 from dmdb.errors import BusyError, InputError
 from dmdb.ingest import IngestResult, ingest
 from dmdb.runs import RunBatch
-from dmdb.sources import BatchSource
+from dmdb.sources import BatchSource, batch_to_arrow
 
 
 class RunWriter:
@@ -103,7 +102,7 @@ class RunWriter:
             np.asarray(margins)[None, :],
             alpha=alpha,
             seeds=None if seed is None else np.array([seed]),
-            **{k: None if v is None else np.asarray([v]) for k, v in extra.items()},
+            **{k: None if v is None else np.asarray([v]) for k, v in extra.items()},  # type: ignore[arg-type]
         )
 
     def add_batch(
@@ -118,10 +117,15 @@ class RunWriter:
         split: np.ndarray | None = None,
         train_acc: np.ndarray | None = None,
         info: np.ndarray | None = None,
+        draw: np.ndarray | None = None,
+        repeat: np.ndarray | None = None,
+        fingerprint: str | None = None,
     ) -> None:
         """Buffer k runs: masks (k, N) bool, margins (k, M) float; flush when due.
 
-        Shapes are checked now, so that a bad run fails at its own add, not at a later flush.
+        Runs drawn by dmdb pass ``draw``, ``repeat`` and the experiment ``fingerprint``,
+        which make their identity (see :func:`dmdb.runs.drawn_run_ids`). Shapes are
+        checked now, so that a bad run fails at its own add, not at a later flush.
         """
         masks = np.asarray(masks)
         margins = np.asarray(margins)
@@ -139,9 +143,10 @@ class RunWriter:
             raise InputError("margins contain NaN or inf")
         alpha_arr = np.broadcast_to(np.asarray(alpha, dtype=np.float64), (k,)).copy()
         self._parts.append({
-            "masks": pack_masks(masks), "margins": margins.astype(np.float32), "alpha": alpha_arr,
-            "seed": seeds, "run_id": run_id, "mask_id": mask_id, "split": split,
-            "train_acc": train_acc, "info": info,
+            "masks": pack_masks(masks), "margins": as_float32_margins(margins),
+            "alpha": alpha_arr, "seed": seeds, "run_id": run_id, "mask_id": mask_id,
+            "split": split, "train_acc": train_acc, "info": info, "draw": draw,
+            "repeat": repeat, "fingerprint": fingerprint,
         })
         if self._oldest is None:
             self._oldest = time.monotonic()
@@ -159,6 +164,9 @@ class RunWriter:
 
         split = cat("split", object)
         info = cat("info", object)
+        prints = {p["fingerprint"] for p in self._parts}
+        if len(prints) > 1:
+            raise InputError("runs of two experiments (fingerprints) in one writer")
         return RunBatch(
             masks=np.concatenate([p["masks"] for p in self._parts]),
             margins=np.concatenate([p["margins"] for p in self._parts]),
@@ -171,6 +179,9 @@ class RunWriter:
             trainer=self.trainer,
             source=self.source,
             info=None if info is None else list(info),
+            draw=cat("draw", np.int64),
+            repeat=cat("repeat", np.int64),
+            fingerprint=prints.pop(),
         )
 
     def flush(self, wait: bool = True) -> IngestResult | None:
@@ -215,7 +226,7 @@ class RunWriter:
             self._parts = []
 
     def _spill(self) -> Path:
-        staged = _spill_table(self._batch())
+        staged = batch_to_arrow(self._batch())
         base = Path(self.db.path)
         path = base.with_name(f"{base.stem}.pending-{utcnow():%Y%m%d-%H%M%S}.parquet")
         tmp = path.with_suffix(".parquet.tmp")
@@ -232,24 +243,3 @@ class RunWriter:
     ) -> None:
         # Flush on every exit, Ctrl-C included: trained runs are never thrown away.
         self.close()
-
-
-def _spill_table(batch: RunBatch) -> pa.Table:
-    """A RunBatch in the public run schema, for a shard file."""
-    k = len(batch)
-    columns: dict[str, Any] = {
-        "alpha": pa.array(batch.alpha),
-        "mask": mask_array(batch.masks),
-        "margins": margins_array(batch.margins),
-    }
-    for name in ("run_id", "seed", "mask_id", "train_acc"):
-        value = getattr(batch, name)
-        if value is not None:
-            columns[name] = pa.array(value)
-    if batch.split is not None:
-        columns["split"] = pa.array(list(batch.split), pa.string())
-    if batch.info is not None:
-        columns["info"] = pa.array(batch.info, pa.string())
-    if batch.trainer is not None:
-        columns["trainer"] = pa.array([batch.trainer] * k, pa.string())
-    return pa.table(columns)
