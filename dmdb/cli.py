@@ -40,12 +40,17 @@ def reports_errors(fn: F) -> F:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dmdb")
-def cli() -> None:
+@click.option("--wait", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              metavar="SECONDS", help="How long to retry while another process writes to DB.")
+def cli(wait: float) -> None:
     """dmdb: an embedded DuckDB database for datamodels.
 
     Train many models on random subsets of a training set, store their masks and
     margins, fit a sparse linear datamodel per target, and ask questions in SQL.
     """
+    from dmdb import db
+
+    db.DEFAULT_BUSY_TIMEOUT = wait
 
 
 db_argument = click.argument("db", type=click.Path(dir_okay=False))

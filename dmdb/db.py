@@ -39,6 +39,9 @@ STORAGE_VERSION = "v1.5.0"
 # is written straight to the file at commit instead of through the WAL, and a
 # checkpoint never rewrites a huge half-full group (see DESIGN.md).
 ROW_GROUP_SIZE = 2048
+# Seconds to retry while another process holds the file, unless a caller says otherwise
+# (`dmdb --wait SECONDS COMMAND` sets it for one command).
+DEFAULT_BUSY_TIMEOUT = 10.0
 DEFAULT_VAL_FRACTION = 0.1
 DEFAULT_TEST_FRACTION = 0.1
 
@@ -100,8 +103,9 @@ class Database:
     read_only : bool
         Never write: nothing is migrated and nothing can be written. Reads open the
         file read-only in any case, so many processes can read at once.
-    busy_timeout : float
-        Seconds to keep retrying while another process holds the file lock.
+    busy_timeout : float, optional
+        Seconds to keep retrying while another process holds the file lock
+        (default :data:`DEFAULT_BUSY_TIMEOUT`, 10 s).
     """
 
     def __init__(
@@ -109,7 +113,7 @@ class Database:
         path: str | os.PathLike[str] | duckdb.DuckDBPyConnection,
         *,
         read_only: bool = False,
-        busy_timeout: float = 10.0,
+        busy_timeout: float | None = None,
         _creating: bool = False,
     ) -> None:
         self._user: duckdb.DuckDBPyConnection | None = None
@@ -119,7 +123,7 @@ class Database:
             read_only = read_only or user_read_only
         self.path = str(path)
         self.read_only = read_only
-        self.busy_timeout = busy_timeout
+        self.busy_timeout = DEFAULT_BUSY_TIMEOUT if busy_timeout is None else busy_timeout
         self._memory: duckdb.DuckDBPyConnection | None = None
         self._experiment: Experiment | None = None
         self._fingerprint: str | None = None
@@ -534,7 +538,7 @@ def connect(
     path: str | os.PathLike[str] | duckdb.DuckDBPyConnection,
     *,
     read_only: bool = False,
-    busy_timeout: float = 10.0,
+    busy_timeout: float | None = None,
 ) -> Database:
     """Open an existing dmdb database (see :func:`init` to create one).
 
