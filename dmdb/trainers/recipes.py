@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dmdb.betons import BetonInfo, read_beton_info, require_ffcv
+from dmdb.trainers.betons import BetonInfo, read_beton_info, require_ffcv
 from dmdb.errors import InputError, TrainerError, UsageError
 from dmdb.trainers.base import TrainResult, check_runs, margins_from_logits
 from dmdb.trainers.resnet import resnet9, resnet18

@@ -1,0 +1,202 @@
+"""`dmdb train`: train one model per random subset and stream the runs into the database.
+
+Masks are Bernoulli(alpha) per training example, drawn reproducibly from
+(experiment seed, alpha, draw index): the same database and command always draw
+the same masks. Run k's model seed is a hash of (seed, draw, repeat). Each run
+records its draw index, so that running the command again continues where it
+stopped and never duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dmdb.db import Database
+from dmdb.errors import TrainerError, UsageError
+from dmdb.runs import check_alpha, splitmix64
+from dmdb.trainers import DEFAULT_TRAINERS, PartialTrainError, Trainer, make_trainer
+from dmdb.writer import RunWriter
+
+Echo = Callable[[str], None]
+
+
+def draw_masks(seed: int, alpha: float, draws: np.ndarray, n_train: int) -> np.ndarray:
+    """Bernoulli(alpha) masks for the given draw indices: bool (len(draws), n_train)."""
+    alpha_key = int(round(alpha * 1_000_000))
+    out = np.empty((len(draws), n_train), dtype=bool)
+    for row, draw in enumerate(draws):
+        rng = np.random.default_rng([seed, alpha_key, int(draw)])
+        out[row] = rng.random(n_train) < alpha
+    return out
+
+
+def run_seeds(seed: int, draws: np.ndarray, repeats: np.ndarray) -> np.ndarray:
+    """A model seed per (draw, repeat), in [0, 2**31) so that any library accepts it."""
+    key = splitmix64(np.uint64(seed) ^ np.uint64(0x5EED5EED5EED5EED))
+    with np.errstate(over="ignore"):
+        mixed = splitmix64(key + draws.astype(np.uint64) * np.uint64(1_000_003)
+                            + repeats.astype(np.uint64))
+    return (mixed >> np.uint64(33)).astype(np.int64)
+
+
+@dataclass
+class TrainReport:
+    """What one `dmdb train` did."""
+
+    wanted: int            # masks wanted at this alpha (--runs)
+    existing: int          # masks already there before
+    trained: int           # models trained now (masks x repeats)
+    seconds: float
+    mean_target_acc: float
+    interrupted: bool = False
+
+
+def train_runs(
+    db: Database,
+    trainer: Trainer,
+    masks: np.ndarray,
+    seeds: np.ndarray,
+    *,
+    alpha: float,
+    batch_models: int | None = None,
+    split: str | None = None,
+    infos: list[dict[str, Any]] | None = None,
+    progress: bool = True,
+    echo: Echo = print,
+    desc: str = "train",
+) -> np.ndarray:
+    """Train one model per (mask, seed) and stream the runs into ``db``.
+
+    Parameters
+    ----------
+    masks : bool array of shape (R, N)
+    seeds : int64 array of shape (R,)
+    split : 'verify' or None (derived from the mask)
+    infos : one JSON-able dict per run (provenance), optional
+
+    Returns
+    -------
+    float32 array of shape (R, M): the margins, in the order of the runs.
+    """
+    from tqdm.auto import tqdm
+
+    batch = int(batch_models or trainer.preferred_batch)
+    if batch < 1:
+        raise UsageError(f"--batch-models must be positive, got {batch}")
+    n = len(masks)
+    out = np.zeros((n, trainer.n_targets), dtype=np.float32)
+    bar = tqdm(total=n, unit="model", desc=desc, disable=not progress, smoothing=0.1)
+    with RunWriter(db, trainer=trainer.name, flush_seconds=30.0, on_message=bar.write) as writer:
+        try:
+            for start in range(0, n, batch):
+                sl = slice(start, min(start + batch, n))
+                try:
+                    result = trainer.train(masks[sl], seeds[sl])
+                except PartialTrainError as e:
+                    _add(writer, masks[sl], seeds[sl], e.result, alpha, split, infos, sl)
+                    saved = start + e.failed_index
+                    raise TrainerError(
+                        f"run {saved} of this command (seed {int(seeds[saved])}): {e.reason}; "
+                        f"the {saved} run(s) trained before it are saved"
+                    ) from e
+                _add(writer, masks[sl], seeds[sl], result, alpha, split, infos, sl)
+                out[sl] = result.margins
+                bar.update(len(result))
+                bar.set_postfix(target_acc=f"{(result.margins > 0).mean():.3f}")
+        finally:
+            bar.close()
+    return out
+
+
+def _add(
+    writer: RunWriter, masks: np.ndarray, seeds: np.ndarray, result: Any, alpha: float,
+    split: str | None, infos: list[dict[str, Any]] | None, sl: slice,
+) -> None:
+    k = len(result)
+    if k == 0:
+        return
+    writer.add_batch(
+        masks[:k], result.margins, alpha=alpha, seeds=seeds[:k], train_acc=result.train_acc,
+        split=None if split is None else np.full(k, split, dtype=object),
+        info=None if infos is None else np.array(
+            [json.dumps(i) for i in infos[sl][:k]], dtype=object),
+    )
+
+
+def existing_draws(db: Database, alpha: float) -> tuple[int, int]:
+    """(distinct masks at this alpha outside 'verify', next free draw index)."""
+    row = db.sql(
+        "SELECT count(DISTINCT mask_id), coalesce(max(CAST(info->>'draw' AS BIGINT)) + 1, 0) "
+        "FROM runs WHERE split <> 'verify' AND abs(alpha - ?) < 1e-9",
+        [alpha],
+    ).to_pylist()[0]
+    values = list(row.values())
+    return int(values[0]), int(values[1])
+
+
+def train(
+    db: Database,
+    *,
+    runs: int,
+    alpha: float,
+    trainer: str | None = None,
+    device: str = "cpu",
+    batch_models: int | None = None,
+    seed: int | None = None,
+    repeats: int = 1,
+    options: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    echo: Echo = print,
+) -> TrainReport:
+    """Train until ``runs`` masks exist at ``alpha`` (each with ``repeats`` seeds).
+
+    Running it again continues where it stopped; once ``runs`` masks exist it does
+    nothing. Ctrl-C saves what was trained.
+    """
+    alpha = check_alpha(alpha)
+    if runs < 1:
+        raise UsageError(f"--runs must be positive, got {runs}")
+    if repeats < 1:
+        raise UsageError(f"--repeats must be positive, got {repeats}")
+    if batch_models is not None and batch_models < 1:
+        raise UsageError(f"--batch-models must be positive, got {batch_models}")
+    exp = db.experiment
+    options = dict(options or {})
+    if batch_models is not None and (trainer or DEFAULT_TRAINERS.get(exp.dataset or "")) == "mlp":
+        # The MLP trains its own chunks of models; --batch-models sets their size.
+        options.setdefault("batch_models", batch_models)
+    model = make_trainer(trainer, dataset_name=exp.dataset, n_train=exp.n_train,
+                         n_targets=exp.n_targets, device=device, options=options)
+    have, next_draw = existing_draws(db, alpha)
+    todo = runs - have
+    if todo <= 0:
+        echo(f"{have} masks already at alpha={alpha} (wanted {runs}); nothing to do")
+        return TrainReport(runs, have, 0, 0.0, float("nan"))
+    draws = np.repeat(np.arange(next_draw, next_draw + todo), repeats)
+    reps = np.tile(np.arange(repeats), todo)
+    masks = np.repeat(draw_masks(exp.seed, alpha, np.arange(next_draw, next_draw + todo),
+                                 exp.n_train), repeats, axis=0)
+    seeds = run_seeds(exp.seed if seed is None else seed, draws, reps)
+    infos = [{"draw": int(d), "repeat": int(r), "device": device} | (
+        {"options": dict(options)} if options else {}) for d, r in zip(draws, reps, strict=True)]
+    echo(f"training {todo} mask(s) x {repeats} seed(s) at alpha={alpha} with {model.name} "
+         f"({have} mask(s) already there)")
+    start = time.perf_counter()
+    interrupted = False
+    margins = np.zeros((0, exp.n_targets), np.float32)
+    try:
+        margins = train_runs(db, model, masks, seeds, alpha=alpha, batch_models=batch_models,
+                             infos=infos, progress=progress, echo=echo)
+    except KeyboardInterrupt:
+        interrupted = True
+    seconds = time.perf_counter() - start
+    now, _ = existing_draws(db, alpha)
+    trained = (now - have) * repeats
+    acc = float((margins > 0).mean()) if len(margins) else float("nan")
+    return TrainReport(runs, have, trained, seconds, acc, interrupted)
