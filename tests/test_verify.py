@@ -302,7 +302,7 @@ def test_interrupted_verify_keeps_verify_runs_consistent(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = digits_copy(tmp_path_factory)
-    import dmdb.verify as mod
+    import dmdb.verify.plan as mod
 
     real = mod.train_runs
 
