@@ -52,11 +52,15 @@ def load_fit(db: Database, fit_id: int) -> tuple[np.ndarray, Any]:
 
 
 def list_fits(db: Database) -> pa.Table:
-    """Every fit with its run counts, targets and mean LDS."""
+    """Every fit with its run counts, targets and mean LDS, and an imported fit's name.
+
+    ``name`` is last, so queries that select the earlier columns by position still work.
+    """
     return db.sql(
         "SELECT f.fit_id, f.created_at, f.solver, f.device, f.alpha, f.n_fit, f.n_val, f.n_test, "
         "f.target_lo || ':' || f.target_hi AS targets, round(f.wall_seconds, 2) AS seconds, "
-        "round(avg(d.test_spearman), 4) AS mean_lds, round(avg(d.nnz), 1) AS mean_nnz "
+        "round(avg(d.test_spearman), 4) AS mean_lds, round(avg(d.nnz), 1) AS mean_nnz, "
+        "f.parameters->>'name' AS name "
         "FROM fits f LEFT JOIN datamodels d USING (fit_id) GROUP BY ALL ORDER BY f.fit_id"
     )
 

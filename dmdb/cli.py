@@ -463,6 +463,72 @@ def quickstart(folder: str, runs: int, device: str, quiet: bool) -> None:
                    echo=click.echo, progress=not quiet)
 
 
+@cli.command("import-fit")
+@db_argument
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--name", help="The method's name (default: the file's name); must be unique.")
+@click.option("--alpha", type=float, help="The subset fraction it was fitted at. For a .pt "
+              "also mu = A, sigma = sqrt(A(1-A)) instead of the runs' statistics.")
+@click.option("--eval", "eval_set", type=click.Choice(["test", "all"]), default="test",
+              show_default=True, help="Evaluate on the test split, or on every run except "
+              "'verify' runs.")
+@click.option("--transpose", is_flag=True, help="A score .npy is (M, N), not (N, M).")
+@click.option("--bias", type=click.Path(path_type=Path), metavar="FILE.npy",
+              help="The score matrix's bias (M,); without one it is uncalibrated.")
+@click.option("--force", is_flag=True, help="Import a file that was imported before.")
+@reports_errors
+def import_fit(db: str, file: Path, name: str | None, alpha: float | None, eval_set: str,
+               transpose: bool, bias: Path | None, force: bool) -> None:
+    """Record FILE, an attribution matrix dmdb did not compute, as a new fit of DB.
+
+    FILE is the authors' released datamodels (.pt: weight N x M in their standardised
+    space, bias, lam), a score matrix of another method (.npy, N x M), or a folder
+    from `dmdb export`. The views (lds, top_influencers, ...) then judge it on the
+    same held-out runs as dmdb's own fits.
+    """
+    from dmdb.db import connect
+    from dmdb.imported import import_fit as import_file
+
+    report = import_file(connect(db), file, name=name, alpha=alpha, eval_set=eval_set,
+                         transpose=transpose, bias=bias, force=force)
+    click.echo(report.summary())
+
+
+@cli.command()
+@db_argument
+@click.option("--fits", "fit_list", metavar="ID,ID,...",
+              help="The fits to compare; the first is the reference (default: all but "
+              "learning-curve refits).")
+@click.option("--out", type=click.Path(dir_okay=False), default="compare.png",
+              show_default=True, help="Where to write the figure.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True)
+@reports_errors
+def compare(db: str, fit_list: str | None, out: str, fmt: str) -> None:
+    """Compare fits (dmdb's or imported) on the first fit's test runs.
+
+    One row per fit: mean and median LDS, the fraction of targets on which it beats
+    the first fit, and the overlap of its top-10 influencers with the first fit's.
+    Writes a figure of per-target LDS against the first fit.
+    """
+    from dmdb.compare import compare as compare_fits
+    from dmdb.db import connect
+
+    ids = None
+    if fit_list is not None:
+        try:
+            ids = [int(part) for part in fit_list.split(",") if part.strip()]
+        except ValueError:
+            raise UsageError(f"--fits takes fit ids separated by commas, got {fit_list!r}"
+                             ) from None
+    result = compare_fits(connect(db, read_only=True), ids)
+    click.echo(format_table(result.table, fmt), nl=False)
+    path = result.save_figure(out)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=fmt != "table")
+    click.echo(f"figure: {path}", err=fmt != "table")
+
+
 def format_table(table: pa.Table, fmt: str) -> str:
     """Render an Arrow table as an aligned text table, CSV or JSON lines."""
     rows = table.to_pylist()

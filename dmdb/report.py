@@ -102,7 +102,7 @@ def report(
     ctx = _Context(db, fit, out, learning_curve, progress, echo)
     sections = []
     for make in (_predictions, _lds_histogram, _influencers, _counterfactual_scatter,
-                 _brittleness, _embedding, _learning_curve):
+                 _brittleness, _embedding, _learning_curve, _comparison):
         try:
             sections.append(make(ctx))
         except DmdbError as e:
@@ -349,6 +349,11 @@ def _learning_curve(ctx: _Context) -> Section:
     title = "LDS against the number of fit runs"
     if not ctx.learning_curve:
         return Section(title, note="skipped: learning curve not requested")
+    if ctx.db.sql("SELECT solver FROM fits WHERE fit_id = ?",
+                  [ctx.fit.fit_id]).column(0)[0].as_py() == "imported":
+        # Refits on a share of its fit runs need fit runs; an imported fit has none here.
+        return Section(title, note="skipped: the fit was imported (`dmdb import-fit`), not "
+                                   "fitted on this database's runs")
     points, notes = _learning_curve_points(ctx)
     if len(points) < 2:
         return Section(title, note="skipped: " + ("; ".join(notes) or "too few fit runs"))
@@ -370,6 +375,28 @@ def _learning_curve(ctx: _Context) -> Section:
                    "The fit refitted on the first 10%, 25% and 50% of its fit runs (same alpha, "
                    "solver settings, validation and test runs).",
                    [f"{int(a)} runs: LDS {b:.3f}" for a, b, _ in points] + notes)
+
+
+def _comparison(ctx: _Context) -> Section:
+    from dmdb.compare import compare
+
+    title = "Other fits and methods against this fit"
+    others = [int(f) for f in ctx.db.sql(
+        "SELECT fit_id FROM fits WHERE parameters->>'learning_curve_of' IS NULL AND fit_id <> ? "
+        "ORDER BY fit_id", [ctx.fit.fit_id]).column(0).to_pylist()]
+    if not others:
+        return Section(title, note="skipped: the database holds one fit; `dmdb import-fit` adds "
+                                   "published datamodels or another method's scores")
+    result = compare(ctx.db, [ctx.fit.fit_id, *others])
+    numbers = [f"fit {r['fit_id']} {r['name']}: mean LDS {r['mean_lds']}, median "
+               f"{r['median_lds']}, beats fit {ctx.fit.fit_id} on {r['beats_first']:.0%} of "
+               f"targets, top-10 overlap {r['top10_overlap']}"
+               for r in result.table.to_pylist()[1:] if r["beats_first"] is not None]
+    return Section(
+        title, _save(ctx, result.figure(), "compare.png"),
+        "Each point is one target: its LDS under this fit (x) and under another fit or an "
+        "imported method (y), all on this fit's test runs. Points above y = x are targets "
+        "the other fit models better.", numbers + result.notes)
 
 
 def _learning_curve_points(ctx: _Context) -> tuple[list[tuple[int, float, int]], list[str]]:

@@ -8,6 +8,8 @@
 -- predicted wrong (margin_before <= 0) and NULL when removing every positive weight still
 -- leaves the margin above 0 (the datamodel sees no support set). The removed set itself:
 -- the first support_size rows of top_influencers_k(fit, support_size) with sign '+'.
+-- Uncalibrated fits (score matrices imported without a bias, fits.parameters.calibrated
+-- false) have no rows: without a bias there is no margin to fall to 0.
 -- Example: the most brittle correctly-predicted targets of fit 1:
 --   SELECT target_idx, support_size FROM brittleness
 --   WHERE fit_id = 1 AND support_size > 0 ORDER BY support_size LIMIT 10;
@@ -23,7 +25,9 @@ base AS (
         d.bias + a.alpha * coalesce(t.total, 0) AS margin_before
     FROM datamodels d
     JOIN fit_alpha a USING (fit_id)
+    JOIN fits f USING (fit_id)
     LEFT JOIN totals t USING (fit_id, target_idx)
+    WHERE f.parameters->>'calibrated' IS DISTINCT FROM 'false'
 ),
 removed AS (
     SELECT

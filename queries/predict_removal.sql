@@ -4,13 +4,23 @@
 -- This is the removal protocol of DESIGN.md, which `dmdb verify` retrains under: a model
 -- trained on a Bernoulli(alpha) subset of the training set with the removed examples
 -- excluded. alpha comes from view fit_alpha. One row for every target of the fit.
+-- An uncalibrated fit (a score matrix imported without a bias, fits.parameters.calibrated
+-- false) has no margin to predict: the macro raises an error for it rather than return scores.
 -- Example: remove examples 3 and 17; nothing removed:
 --   SELECT * FROM predict_removal(1, [3, 17]);
 --   SELECT * FROM predict_removal(1, []);
 CREATE OR REPLACE MACRO predict_removal(fit, removed) AS TABLE
-SELECT d.target_idx, d.bias + a.alpha * coalesce(s.kept, 0) AS predicted
+SELECT
+    d.target_idx,
+    CASE WHEN f.parameters->>'calibrated' = 'false'
+        THEN error('fit ' || fit || ' is an uncalibrated score matrix (imported without --bias): '
+                   || 'its sums are scores, not margins; use lds or top_influencers, '
+                   || 'or import it with a bias')
+        ELSE d.bias + a.alpha * coalesce(s.kept, 0)
+    END AS predicted
 FROM datamodels d
 JOIN fit_alpha a USING (fit_id)
+JOIN fits f USING (fit_id)
 LEFT JOIN (
     SELECT w.target_idx, sum(w.weight) AS kept
     FROM weights w

@@ -2,12 +2,22 @@
 -- Parameters: fit (a fit_id); subset (a LIST of train_idx; duplicates count once).
 -- Columns: target_idx, predicted (= bias + sum of the target's weights over the subset).
 -- One row for every target of the fit, targets without weights included (predicted = bias).
+-- An uncalibrated fit (a score matrix imported without a bias, fits.parameters.calibrated
+-- false) has no margin to predict: the macro raises an error for it rather than return scores.
 -- Example: train on examples 0..24999 only:
 --   SELECT * FROM predict_subset(1, range(25000));
 --   SELECT * FROM predict_subset(1, [0, 3, 17]);
 CREATE OR REPLACE MACRO predict_subset(fit, subset) AS TABLE
-SELECT d.target_idx, d.bias + coalesce(s.total, 0) AS predicted
+SELECT
+    d.target_idx,
+    CASE WHEN f.parameters->>'calibrated' = 'false'
+        THEN error('fit ' || fit || ' is an uncalibrated score matrix (imported without --bias): '
+                   || 'its sums are scores, not margins; use lds or top_influencers, '
+                   || 'or import it with a bias')
+        ELSE d.bias + coalesce(s.total, 0)
+    END AS predicted
 FROM datamodels d
+JOIN fits f USING (fit_id)
 LEFT JOIN (
     SELECT w.target_idx, sum(w.weight) AS total
     FROM weights w
