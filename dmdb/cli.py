@@ -186,11 +186,9 @@ def sql(db: str, query: str, fmt: str) -> None:
     click.echo(format_table(table, fmt), nl=False)
 
 
-def parse_options(pairs: tuple[str, ...], config: str | None) -> dict[str, Any]:
-    """Trainer options from --config FILE (JSON or TOML) and --set key=value (which win)."""
-    options: dict[str, Any] = {}
-    if config is not None:
-        options["config"] = config
+def parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
+    """Trainer settings from repeated --set key=value (a later key wins)."""
+    options: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
@@ -206,14 +204,15 @@ def parse_options(pairs: tuple[str, ...], config: str | None) -> dict[str, Any]:
 @click.option("--trainer", help="mlp, cifar10, fmow, or a plug-in package.module:function "
               "(default: the dataset's trainer).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option("--batch-models", type=int, help="Models trained together in one batch.")
+@click.option("--batch-models", type=int,
+              help="Runs per trainer call (mlp: models trained as one computation).")
 @click.option("--seed", type=int, help="Base of the model seeds (default: the experiment seed).")
 @click.option("--repeats", type=int, default=1, show_default=True,
               help="Models per mask, with different seeds (they share a mask_id).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="A trainer option (repeatable), e.g. --set epochs=20.")
 @click.option("--config", type=click.Path(dir_okay=False),
-              help="Trainer options from a JSON or TOML file (recipes).")
+              help="Trainer options from a JSON or TOML file (--set wins).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @reports_errors
 def train(db: str, runs: int, alpha: float, trainer: str | None, device: str,
@@ -225,12 +224,12 @@ def train(db: str, runs: int, alpha: float, trainer: str | None, device: str,
     stream into DB as they finish; running the command again continues where it
     stopped. Ctrl-C saves what has been trained.
     """
-    from dmdb.collect import train as train_models
     from dmdb.db import connect
+    from dmdb.training import train as train_models
 
     report = train_models(connect(db), runs=runs, alpha=alpha, trainer=trainer, device=device,
                           batch_models=batch_models, seed=seed, repeats=repeats,
-                          options=parse_options(settings, config), progress=not quiet,
+                          options=parse_options(settings), config=config, progress=not quiet,
                           echo=click.echo)
     if report.trained:
         rate = report.trained / max(report.seconds, 1e-9)
@@ -391,7 +390,8 @@ def leakage(db: str, fit_id: int | None, top: int, fmt: str) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.option("--trainer", help="Override the trainer recorded on the fit's runs.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option("--batch-models", type=int, help="Models trained together in one batch.")
+@click.option("--batch-models", type=int,
+              help="Runs per trainer call (mlp: models trained as one computation).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="A trainer option (repeatable).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -412,7 +412,7 @@ def verify(db: str, fit_id: int | None, ceiling: bool, targets: int, ks: tuple[i
     from dmdb.verify import verify as verify_fit
 
     database = connect(db)
-    options = parse_options(settings, None) or None
+    options = parse_options(settings) or None
     result: CeilingReport | VerifyReport
     if ceiling:
         result = measure_ceiling(database, fit_id=fit_id, masks=masks, seeds=seeds, seed=seed,

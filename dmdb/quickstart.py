@@ -63,10 +63,10 @@ def run_quickstart(
 ) -> dict[str, object]:
     """Run everything in ``folder`` and return the summary figures."""
     from dmdb.applications import embed
-    from dmdb.collect import train
     from dmdb.datasets import experiment_kwargs
     from dmdb.fitting import fit
     from dmdb.report import report
+    from dmdb.training import train
     from dmdb.verify import ceiling, verify
 
     sizes = sizes or QuickstartSizes()

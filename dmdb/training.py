@@ -20,7 +20,7 @@ import numpy as np
 from dmdb.db import Database
 from dmdb.errors import TrainerError, UsageError
 from dmdb.runs import check_alpha, splitmix64
-from dmdb.trainers import DEFAULT_TRAINERS, PartialTrainError, Trainer, make_trainer
+from dmdb.trainers import PartialTrainError, Trainer, TrainerOptions, make_trainer
 from dmdb.writer import RunWriter
 
 Echo = Callable[[str], None]
@@ -151,6 +151,7 @@ def train(
     seed: int | None = None,
     repeats: int = 1,
     options: Mapping[str, Any] | None = None,
+    config: str | None = None,
     progress: bool = True,
     echo: Echo = print,
 ) -> TrainReport:
@@ -158,21 +159,31 @@ def train(
 
     Running it again continues where it stopped; once ``runs`` masks exist it does
     nothing. Ctrl-C saves what was trained.
+
+    Parameters
+    ----------
+    trainer : str, optional
+        A registered trainer name or ``'package.module:function'``; default the
+        dataset's trainer (see :func:`dmdb.trainers.make_trainer`).
+    batch_models : int, optional
+        Runs per trainer call; the trainer says what else it means (the MLP's chunk).
+    options : mapping, optional
+        Trainer settings (``--set key=value``), recorded on every run.
+    config : str, optional
+        A JSON or TOML file of trainer options (``--config``); ``options`` win.
+        Its path is recorded with the options.
     """
     alpha = check_alpha(alpha)
     if runs < 1:
         raise UsageError(f"--runs must be positive, got {runs}")
     if repeats < 1:
         raise UsageError(f"--repeats must be positive, got {repeats}")
-    if batch_models is not None and batch_models < 1:
-        raise UsageError(f"--batch-models must be positive, got {batch_models}")
     exp = db.experiment
-    options = dict(options or {})
-    if batch_models is not None and (trainer or DEFAULT_TRAINERS.get(exp.dataset or "")) == "mlp":
-        # The MLP trains its own chunks of models; --batch-models sets their size.
-        options.setdefault("batch_models", batch_models)
+    opts = TrainerOptions.of(options, config=config, batch_models=batch_models)
     model = make_trainer(trainer, dataset_name=exp.dataset, n_train=exp.n_train,
-                         n_targets=exp.n_targets, device=device, options=options)
+                         n_targets=exp.n_targets, device=device, options=opts.settings,
+                         config=opts.config, batch_models=opts.batch_models)
+    recorded = opts.recorded()
     have, next_draw = existing_draws(db, alpha)
     todo = runs - have
     if todo <= 0:
@@ -184,15 +195,15 @@ def train(
                                  exp.n_train), repeats, axis=0)
     seeds = run_seeds(exp.seed if seed is None else seed, draws, reps)
     infos = [{"draw": int(d), "repeat": int(r), "device": device} | (
-        {"options": dict(options)} if options else {}) for d, r in zip(draws, reps, strict=True)]
+        {"options": recorded} if recorded else {}) for d, r in zip(draws, reps, strict=True)]
     echo(f"training {todo} mask(s) x {repeats} seed(s) at alpha={alpha} with {model.name} "
          f"({have} mask(s) already there)")
     start = time.perf_counter()
     interrupted = False
     margins = np.zeros((0, exp.n_targets), np.float32)
     try:
-        margins = train_runs(db, model, masks, seeds, alpha=alpha, batch_models=batch_models,
-                             infos=infos, progress=progress, echo=echo)
+        margins = train_runs(db, model, masks, seeds, alpha=alpha, infos=infos,
+                             progress=progress)
     except KeyboardInterrupt:
         interrupted = True
     seconds = time.perf_counter() - start

@@ -10,9 +10,9 @@ import torch
 
 pytest.importorskip("ffcv")
 
-from dmdb.betons import read_beton_info, synthetic_images, write_beton  # noqa: E402
 from dmdb.errors import InputError, TrainerError, UsageError  # noqa: E402
 from dmdb.trainers.base import Trainer  # noqa: E402
+from dmdb.trainers.betons import read_beton_info, synthetic_images, write_beton  # noqa: E402
 from dmdb.trainers.recipes import (  # noqa: E402
     Cifar10Hyperparameters,
     FmowHyperparameters,
@@ -230,3 +230,25 @@ def test_write_beton_reports_bad_items_and_leaves_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(InputError, match="empty dataset"):
         write_beton([], tmp_path / "empty.beton")
+
+
+
+
+def test_recipes_come_through_the_trainer_door(betons, tmp_path):
+    # Stops before FFCV Loaders are built: a third Loader of a recipe in one process
+    # makes numba's finalizers fail at exit.
+    from dmdb.trainers import make_trainer
+
+    config = tmp_path / "door.json"
+    config.write_text(json.dumps({"train_beton": betons["train_beton"],
+                                  "targets_beton": betons["targets_beton"], "num_classes": 10}))
+    door = {"dataset_name": None, "n_train": N_TRAIN, "n_targets": N_TARGETS}
+    # The betons come from the config file, num_classes from the settings, which win.
+    with pytest.raises(InputError, match="train_beton .*num_classes=5"):
+        make_trainer("cifar10", **door, options={"num_classes": "5"}, config=str(config))
+    with pytest.raises(UsageError, match="--batch-models must be positive"):
+        make_trainer("cifar10", **door, config=str(config), batch_models=0)
+    nested = tmp_path / "nested.json"
+    nested.write_text(json.dumps({"config": str(config)}))
+    with pytest.raises(UsageError, match="cannot name another config file"):
+        make_trainer("fmow", **door, config=str(nested))

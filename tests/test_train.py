@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 import dmdb
 from dmdb.cli import cli
-from dmdb.collect import draw_masks, train
 from dmdb.errors import DeviceError, TrainerError, UsageError
+from dmdb.training import draw_masks, train
 from tests.conftest import counts
 
 PLUGIN = "tests.plugin_examples:centroid"
@@ -115,7 +115,7 @@ def test_bad_input_writes_nothing(digits_db: dmdb.Database, kwargs: dict, error:
 def test_plugin_failing_partway_keeps_earlier_runs(digits_db: dmdb.Database, plugin: str,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     # Seeds are hashes; make run 2 the one with seed 2.
-    monkeypatch.setattr("dmdb.collect.run_seeds", lambda seed, d, r: np.arange(len(d)))
+    monkeypatch.setattr("dmdb.training.run_seeds", lambda seed, d, r: np.arange(len(d)))
     message = "run 2 of this command .*the 2 run\\(s\\) trained before it are saved"
     with pytest.raises(TrainerError, match=message):
         train(digits_db, runs=5, alpha=0.5, trainer=f"tests.plugin_examples:{plugin}",
@@ -150,3 +150,37 @@ def test_plugin_on_user_data(tmp_path: Path) -> None:
     assert report.trained == 6 and report.mean_target_acc > 0.8
     with pytest.raises(UsageError, match="pass --trainer"):
         train(db, runs=7, alpha=0.5, progress=False, echo=lambda s: None)
+
+
+def test_batch_models_changes_chunks_not_runs(tmp_path: Path) -> None:
+    # The MLP is bit-identical per (mask, seed), so --batch-models is throughput only.
+    dbs = []
+    for name, extra in (("a", []), ("b", ["--batch-models", "3"])):
+        db = str(tmp_path / f"{name}.duckdb")
+        assert cli_run("init", db, "--dataset", "digits")[0] == 0
+        code, _, err = cli_run("train", db, "--runs", "7", "--alpha", "0.5", "--set", "epochs=1",
+                               "-q", *extra)
+        assert code == 0, err
+        dbs.append(dmdb.connect(db, read_only=True))
+    (ids_a, masks_a, margins_a), (ids_b, masks_b, margins_b) = (d.load_runs() for d in dbs)
+    assert np.array_equal(ids_a, ids_b) and np.array_equal(masks_a, masks_b)
+    assert np.array_equal(margins_a, margins_b)
+    options = dbs[1].sql("SELECT DISTINCT CAST(info->'$.options' AS VARCHAR) AS o FROM runs")
+    assert options.column("o").to_pylist() == ['{"epochs":"1"}']
+
+
+def test_config_file_trains_the_mlp_and_is_recorded(tmp_path: Path) -> None:
+    db = str(tmp_path / "d.duckdb")
+    config = tmp_path / "mlp.json"
+    config.write_text('{"epochs": 1, "hidden": 16}')
+    assert cli_run("init", db, "--dataset", "digits")[0] == 0
+    code, out, err = cli_run("train", db, "--runs", "3", "--alpha", "0.5", "--config",
+                             str(config), "--set", "hidden=8", "-q")
+    assert code == 0, err
+    info = dmdb.connect(db, read_only=True).sql(
+        "SELECT DISTINCT info->>'$.options.config' AS c, info->>'$.options.hidden' AS h "
+        "FROM runs").to_pylist()
+    assert info == [{"c": str(config), "h": "8"}]
+    code, _, err = cli_run("train", db, "--runs", "4", "--alpha", "0.5", "--config",
+                           str(tmp_path / "missing.toml"), "-q")
+    assert code == 1 and "cannot read config file" in err

@@ -357,3 +357,90 @@ def test_make_trainer_errors(in_repo):
 def test_cuda_without_gpu_is_a_device_error():
     with pytest.raises(DeviceError, match="no CUDA GPU"):
         make_trainer("mlp", dataset_name="digits", n_train=N, n_targets=M, device="cuda")
+
+
+def test_builtins_and_plugins_share_one_table(in_repo):
+    from dmdb.trainers import BUILTIN_TRAINERS, TRAINERS
+
+    assert set(BUILTIN_TRAINERS) <= set(TRAINERS) and "mlp" in BUILTIN_TRAINERS
+    plugin = make_trainer(
+        "tests.plugin_examples:centroid", dataset_name=None, n_train=N, n_targets=M
+    )
+    assert isinstance(plugin, PluginTrainer)
+    assert "tests.plugin_examples:centroid" in TRAINERS  # entered under its own name
+
+
+def test_a_registered_factory_is_built_like_a_builtin(in_repo):
+    from dmdb.trainers import TRAINERS, TrainerRequest, register_trainer
+
+    seen: list[TrainerRequest] = []
+
+    def factory(request: TrainerRequest) -> Trainer:
+        seen.append(request)
+        return PluginTrainer("tests.plugin_examples:centroid", request.n_train,
+                             request.n_targets, request.options.batch_models)
+
+    register_trainer("centroid-test", factory)
+    try:
+        trainer = make_trainer("centroid-test", dataset_name="digits", n_train=N, n_targets=M,
+                               options={"k": "v"}, batch_models=5)
+    finally:
+        del TRAINERS["centroid-test"]
+    request = seen[0]
+    assert request.name == "centroid-test" and request.device == CPU
+    assert dict(request.options.settings) == {"k": "v"} and request.options.batch_models == 5
+    assert trainer.preferred_batch == 5
+
+
+def test_batch_models_reaches_every_factory(in_repo):
+    mlp = make_trainer("mlp", dataset_name="digits", n_train=N, n_targets=M, batch_models=8)
+    assert isinstance(mlp, BatchedMLPTrainer)
+    assert mlp.options.batch_models == 8 and mlp.preferred_batch == 8  # the chunk and the call
+    explicit = make_trainer("mlp", dataset_name="digits", n_train=N, n_targets=M,
+                            options={"batch_models": "16"}, batch_models=8)
+    assert explicit.options.batch_models == 16  # --set wins, as for every other option
+    loop = make_trainer("mlp", dataset_name="digits", n_train=N, n_targets=M,
+                        options={"impl": "loop"}, batch_models=3)
+    assert loop.preferred_batch == 3
+    plugin = make_trainer("tests.plugin_examples:centroid_batched", dataset_name=None,
+                          n_train=N, n_targets=M, batch_models=7)
+    assert plugin.preferred_batch == 7
+    default = make_trainer("tests.plugin_examples:centroid_batched", dataset_name=None,
+                           n_train=N, n_targets=M)
+    assert default.preferred_batch == 3  # its own @batched(size=3)
+    for bad in (0, -2):
+        with pytest.raises(UsageError, match="--batch-models must be positive"):
+            make_trainer("mlp", dataset_name="digits", n_train=N, n_targets=M, batch_models=bad)
+
+
+def test_config_is_an_explicit_option_of_every_builtin(in_repo, tmp_path):
+    config = tmp_path / "mlp.toml"
+    config.write_text("epochs = 3\nhidden = 32\n")
+    trainer = make_trainer("mlp", dataset_name="digits", n_train=N, n_targets=M,
+                           options={"hidden": "16"}, config=str(config))
+    assert (trainer.options.epochs, trainer.options.hidden) == (3, 16)  # --set wins
+    # The README's `--set config=PATH` names the same file.
+    same = make_trainer("mlp", dataset_name="digits", n_train=N, n_targets=M,
+                        options={"config": str(config)})
+    assert same.options.epochs == 3
+    with pytest.raises(UsageError, match="two config files"):
+        make_trainer("mlp", dataset_name="digits", n_train=N, n_targets=M,
+                     options={"config": "other.toml"}, config=str(config))
+    with pytest.raises(UsageError, match="takes no options; got config"):
+        make_trainer("tests.plugin_examples:centroid", dataset_name=None, n_train=N,
+                     n_targets=M, config=str(config))
+
+
+def test_mlp_and_recipes_share_one_option_converter():
+    from dmdb.trainers.recipe_options import recipe_hyperparameters
+
+    for build in (MLPOptions.from_dict, lambda o: recipe_hyperparameters("cifar10", o)):
+        with pytest.raises(UsageError, match=r"^option epochs='three': expected int; 'three' "
+                                             r"is not a number$"):
+            build({"epochs": "three"})
+        with pytest.raises(UsageError, match=r"^option epochs=2.5: expected int$"):
+            build({"epochs": 2.5})
+        with pytest.raises(UsageError, match=r"^unknown option 'epoch' for trainer "):
+            build({"epoch": "3"})
+    assert MLPOptions.from_dict({"n_threads": None}).n_threads is None
+    assert MLPOptions.from_dict({"n_threads": "2"}).n_threads == 2

@@ -6,7 +6,7 @@ An MLP ``D -> hidden -> n_classes`` with one ReLU layer, PyTorch's default
 ``nn.Linear`` initialisation, cross-entropy loss, SGD with momentum 0.9 and
 minibatches of 32 examples, and a learning rate that decays linearly from
 ``lr`` to 0 over the model's own number of steps. On digits the default is
-``lr=0.1`` for 20 epochs: DESIGN.md measured that datamodel quality (LDS)
+``lr=0.1`` for 20 epochs: datamodel quality (LDS, measured in the README)
 depends on how fully training converges (constant lr: 0.55, 10 epochs: 0.80
 only with >10k runs, 20 epochs: 0.81 with 4k fit runs).
 
@@ -52,19 +52,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from dmdb.datasets import Dataset
+from dmdb.datasets import DATASETS, Dataset, load_dataset
 from dmdb.devices import torch_threads
-from dmdb.errors import UsageError
-from dmdb.trainers.base import TrainResult, check_runs, margins_from_logits
+from dmdb.errors import TrainerError, UsageError
+from dmdb.trainers.base import Trainer, TrainResult, check_runs, margins_from_logits
+from dmdb.trainers.options import TrainerRequest, options_from_dict
 
 __all__ = [
+    "mlp_trainer",
     "MLPOptions",
     "BatchedMLPTrainer",
     "ReferenceMLPTrainer",
@@ -114,27 +116,7 @@ class MLPOptions:
         UsageError
             On an unknown key or a value out of range.
         """
-        options = dict(options or {})
-        kinds = {f.name: f.type for f in fields(cls)}
-        unknown = sorted(set(options) - set(kinds))
-        if unknown:
-            raise UsageError(
-                f"unknown option(s) for trainer 'mlp': {', '.join(unknown)}; "
-                f"known: {', '.join(kinds)}"
-            )
-        values: dict[str, Any] = {}
-        for key, raw in options.items():
-            convert = float if key in ("lr", "momentum") else int
-            if raw is None and key == "n_threads":
-                values[key] = None
-                continue
-            try:
-                values[key] = convert(raw)
-            except (TypeError, ValueError):
-                raise UsageError(f"option {key}={raw!r} is not a number") from None
-        opts = cls(**values)
-        opts.validate()
-        return opts
+        return options_from_dict(cls, options, trainer="mlp")
 
     def validate(self) -> None:
         """Raise UsageError if a value is out of range."""
@@ -300,14 +282,16 @@ class ReferenceMLPTrainer:
     dataset : Dataset
     device : torch.device
     options : MLPOptions, optional
+    preferred_batch : int
+        Runs per :meth:`train` call; they are trained one after another.
     """
 
-    preferred_batch = 1
-
     def __init__(
-        self, dataset: Dataset, device: torch.device, options: MLPOptions | None = None
+        self, dataset: Dataset, device: torch.device, options: MLPOptions | None = None,
+        preferred_batch: int = 1,
     ) -> None:
         self.name = "mlp-reference"
+        self.preferred_batch = preferred_batch
         self.dataset = dataset
         self.device = device
         self.options = options or MLPOptions()
@@ -552,3 +536,42 @@ class BatchedMLPTrainer:
         with np.errstate(invalid="ignore", divide="ignore"):
             train_acc = np.where(n_sub > 0, (correct & masks).sum(axis=1) / n_sub, np.nan)
         return margins.cpu().numpy(), train_acc.astype(np.float64)
+
+
+# --------------------------------------------------------------------------- #
+# The factory: how `dmdb train --trainer mlp` builds one.
+
+
+def mlp_trainer(request: TrainerRequest) -> Trainer:
+    """The factory of trainer ``mlp`` (see :func:`dmdb.trainers.register_trainer`).
+
+    Options are the fields of :class:`MLPOptions`, from settings or the config
+    file, and ``impl`` ('batched', the default, or 'loop' for
+    :class:`ReferenceMLPTrainer`). ``batch_models`` is the chunk of models
+    trained as one computation, and so the runs per call; ``--set
+    batch_models=K`` says the same and wins over it.
+
+    Raises
+    ------
+    TrainerError
+        If the experiment has no built-in dataset.
+    UsageError
+        On an unknown option or a bad value.
+    """
+    if request.dataset_name not in DATASETS:
+        raise TrainerError(
+            f"trainer 'mlp' needs a built-in dataset ({', '.join(sorted(DATASETS))}); "
+            f"this experiment's dataset is {request.dataset_name!r}"
+        )
+    opts = request.options
+    values = opts.values()
+    impl = str(values.pop("impl", "batched"))
+    if impl not in ("batched", "loop"):
+        raise UsageError(f"option impl={impl!r}; use 'batched' or 'loop'")
+    if opts.batch_models is not None and "batch_models" not in opts.settings:
+        values["batch_models"] = opts.batch_models
+    options = MLPOptions.from_dict(values)
+    dataset = load_dataset(request.dataset_name)
+    if impl == "loop":
+        return ReferenceMLPTrainer(dataset, request.device, options, opts.batch_models or 1)
+    return BatchedMLPTrainer(dataset, request.device, options)

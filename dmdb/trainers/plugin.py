@@ -38,10 +38,11 @@ from typing import Any, NoReturn, TypeVar, overload
 
 import numpy as np
 
-from dmdb.errors import TrainerError
+from dmdb.errors import TrainerError, UsageError
 from dmdb.trainers.base import PartialTrainError, TrainResult, check_runs
+from dmdb.trainers.options import TrainerRequest
 
-__all__ = ["batched", "load_function", "PluginTrainer", "DEFAULT_BATCH_SIZE"]
+__all__ = ["batched", "load_function", "plugin_trainer", "PluginTrainer", "DEFAULT_BATCH_SIZE"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -126,6 +127,8 @@ class PluginTrainer:
     n_train, n_targets : int
         The experiment's N and M: each mask has N entries and the function
         must return M margins per run.
+    batch_size : int, optional
+        Runs per :meth:`train` call, overriding the function's own choice.
 
     Attributes
     ----------
@@ -134,18 +137,19 @@ class PluginTrainer:
     batched : bool
         Whether the function takes a batch of runs (see :func:`batched`).
     preferred_batch : int
-        1 for a per-run function, its ``dmdb_batch_size`` for a batched one.
+        ``batch_size`` if given, else 1 for a per-run function and its
+        ``dmdb_batch_size`` for a batched one.
     """
 
-    def __init__(self, spec: str, n_train: int, n_targets: int) -> None:
+    def __init__(self, spec: str, n_train: int, n_targets: int,
+                 batch_size: int | None = None) -> None:
         self.name = spec
         self.fn = load_function(spec)
         self.n_train = n_train
         self.n_targets = n_targets
         self.batched = bool(getattr(self.fn, "dmdb_batched", False))
-        self.preferred_batch = (
-            int(getattr(self.fn, "dmdb_batch_size", DEFAULT_BATCH_SIZE)) if self.batched else 1
-        )
+        own = int(getattr(self.fn, "dmdb_batch_size", DEFAULT_BATCH_SIZE)) if self.batched else 1
+        self.preferred_batch = batch_size or own
 
     def train(self, masks: np.ndarray, seeds: np.ndarray) -> TrainResult:
         """Train one model per run by calling the plug-in.
@@ -227,3 +231,26 @@ class PluginTrainer:
         raise PartialTrainError(
             message, out.head(b), b, reason=f"plug-in {self.name!r} {what}"
         ) from cause
+
+
+def plugin_trainer(request: TrainerRequest) -> PluginTrainer:
+    """The factory of every ``package.module:function`` trainer.
+
+    A plug-in takes no settings and no config file: its function is the whole
+    recipe. ``batch_models`` is the number of runs per call (a batched
+    function receives that many at once).
+
+    Raises
+    ------
+    UsageError
+        If settings or a config file are given.
+    TrainerError
+        If the function cannot be imported.
+    """
+    opts = request.options
+    given = [*opts.settings, *(["config"] if opts.config else [])]
+    if given:
+        raise UsageError(
+            f"plug-in trainer {request.name!r} takes no options; got {', '.join(given)}"
+        )
+    return PluginTrainer(request.name, request.n_train, request.n_targets, opts.batch_models)

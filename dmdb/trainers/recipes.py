@@ -2,8 +2,8 @@
 
 Each recipe trains one network per run on the run's subset of a training set
 stored as an FFCV ``.beton`` file, and reports the model's correct-class
-margin on every example of a targets beton (see :mod:`dmdb.betons` to write
-them). The hyperparameters follow the datamodels paper (Ilyas et al., ICML
+margin on every example of a targets beton (see :mod:`dmdb.trainers.betons` to
+write them). The hyperparameters follow the datamodels paper (Ilyas et al., ICML
 2022, Table A.2):
 
 ``cifar10``
@@ -17,7 +17,8 @@ them). The hyperparameters follow the datamodels paper (Ilyas et al., ICML
     inputs, 62 classes.
 
 Every hyperparameter is a field of :class:`Cifar10Hyperparameters` or
-:class:`FmowHyperparameters` and can be overridden through ``options``.
+:class:`FmowHyperparameters` (in :mod:`dmdb.trainers.recipe_options`) and can be
+overridden through ``options``.
 
 FFCV facts this module works around:
 
@@ -38,21 +39,27 @@ FFCV facts this module works around:
 from __future__ import annotations
 
 import functools
-import json
 import os
-import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from dmdb.trainers.betons import BetonInfo, read_beton_info, require_ffcv
 from dmdb.errors import InputError, TrainerError, UsageError
 from dmdb.trainers.base import TrainResult, check_runs, margins_from_logits
+from dmdb.trainers.betons import BetonInfo, read_beton_info, require_ffcv
+from dmdb.trainers.options import TrainerOptions, TrainerRequest
+from dmdb.trainers.options import load_config as load_config
+from dmdb.trainers.recipe_options import (
+    HYPERPARAMETERS,
+    Cifar10Hyperparameters,
+    FmowHyperparameters,
+    RecipeHyperparameters,
+)
+from dmdb.trainers.recipe_options import recipe_hyperparameters as recipe_hyperparameters
 from dmdb.trainers.resnet import resnet9, resnet18
 
 __all__ = [
@@ -63,294 +70,8 @@ __all__ = [
     "load_config",
     "make_recipe_trainer",
     "recipe_hyperparameters",
+    "recipe_trainer",
 ]
-
-_PATH_OPTIONS = ("train_beton", "targets_beton", "config")
-_ORDERS = ("random", "quasi_random")
-
-
-def _default_workers() -> int:
-    return min(8, os.cpu_count() or 1)
-
-
-@dataclass(kw_only=True)
-class _Hyperparameters:
-    """Fields shared by the recipes; see the recipe classes for defaults."""
-
-    epochs: int
-    lr: float
-    batch_size: int
-    peak_epoch: float
-    momentum: float
-    weight_decay: float
-    label_smoothing: float
-    width: int
-    num_classes: int
-    flip: bool = True
-    test_flip: bool = True
-    mixed_precision: bool = True
-    eval_batch_size: int = 512
-    num_workers: int = field(default_factory=_default_workers)
-    order: str = "random"
-    os_cache: bool = True
-    drop_last: bool = True
-
-    def validate(self) -> None:
-        """Raise :class:`UsageError` naming the first out-of-range value."""
-        positive_ints = ("epochs", "batch_size", "width", "eval_batch_size", "num_workers")
-        for name in positive_ints:
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_classes < 2:
-            raise UsageError(f"num_classes must be >= 2, got {self.num_classes}")
-        if not self.lr > 0:
-            raise UsageError(f"lr must be > 0, got {self.lr}")
-        if not 0 <= self.peak_epoch <= self.epochs:
-            raise UsageError(f"peak_epoch={self.peak_epoch} must lie in [0, epochs={self.epochs}]; "
-                             "when lowering epochs, set peak_epoch too")
-        if not 0 <= self.momentum < 1:
-            raise UsageError(f"momentum must lie in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            raise UsageError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0 <= self.label_smoothing < 1:
-            raise UsageError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
-        if self.order not in _ORDERS:
-            raise UsageError(f"order must be one of {', '.join(_ORDERS)}, got {self.order!r}")
-
-
-@dataclass(kw_only=True)
-class Cifar10Hyperparameters(_Hyperparameters):
-    """The ``cifar10`` recipe (paper Table A.2; FFCV's CIFAR-10 example).
-
-    Attributes
-    ----------
-    epochs, lr, batch_size : int, float, int
-        24, 0.5, 512.
-    peak_epoch : float
-        The learning rate rises linearly from 0 to ``lr`` until this epoch,
-        then falls linearly to 0 at the end (updated every step): 5.
-    momentum, weight_decay, label_smoothing : float
-        0.9, 5e-4, 0.1 (SGD without Nesterov; decay on every parameter).
-    width : int
-        Channels of ResNet-9's first block: 64.
-    num_classes : int
-        10; every label in the betons must be below it.
-    flip, translate_pad, cutout : bool, int, int
-        Training augmentation: random horizontal flip, random translation by
-        up to ``translate_pad`` pixels (filled with the mean colour), and an
-        ``cutout`` x ``cutout`` square of mean colour; 0 disables either.
-    test_flip : bool
-        Average the logits of each target and its mirror image.
-    mixed_precision : bool
-        float16 autocast with a gradient scaler; applies on CUDA only.
-    eval_batch_size : int
-        Batch size for computing target margins.
-    num_workers : int
-        FFCV decoding threads (default min(8, cores)). Set 1 for
-        reproducible augmentations.
-    order : str
-        'random' or 'quasi_random' (FFCV's order for datasets larger than
-        RAM; use with ``os_cache=False``).
-    os_cache : bool
-        Let the OS page cache hold the beton (FFCV's default).
-    drop_last : bool
-        Drop each epoch's last partial batch (ignored when the subset is
-        smaller than one batch).
-    """
-
-    epochs: int = 24
-    lr: float = 0.5
-    batch_size: int = 512
-    peak_epoch: float = 5
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.1
-    width: int = 64
-    num_classes: int = 10
-    translate_pad: int = 2
-    cutout: int = 8
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("translate_pad", "cutout"):
-            if getattr(self, name) < 0:
-                raise UsageError(f"{name} must be >= 0, got {getattr(self, name)}")
-
-
-@dataclass(kw_only=True)
-class FmowHyperparameters(_Hyperparameters):
-    """The ``fmow`` recipe (paper Table A.2: lr 0.4, batch 512, 15 epochs, peak 6).
-
-    Attributes
-    ----------
-    epochs, lr, batch_size, peak_epoch : int, float, int, float
-        15, 0.4, 512, 6.
-    momentum, weight_decay : float
-        0.9, 1e-3.
-    label_smoothing : float
-        0 (the paper gives none for FMoW).
-    width : int
-        Channels of ResNet-18's first stage: 64.
-    num_classes : int
-        62 (FMoW's land-use categories).
-    resolution : int
-        Side of the square network input: 224. Images of any size are
-        cropped and resized to it.
-    crop_scale_min : float
-        Random resized crop keeps between this fraction and all of the image
-        area (0.08, as torchvision and FFCV's ImageNet example); 1.0 turns
-        the crop off (aspect ratios still vary in [3/4, 4/3]).
-    eval_crop_ratio : float
-        Targets are centre-cropped to this fraction of their shorter side,
-        then resized: 1.0 (FMoW images are already square crops).
-    flip, test_flip, mixed_precision, eval_batch_size, num_workers, order,
-    os_cache, drop_last
-        As in :class:`Cifar10Hyperparameters`; ``eval_batch_size`` is 256.
-    """
-
-    epochs: int = 15
-    lr: float = 0.4
-    batch_size: int = 512
-    peak_epoch: float = 6
-    momentum: float = 0.9
-    weight_decay: float = 1e-3
-    label_smoothing: float = 0.0
-    width: int = 64
-    num_classes: int = 62
-    eval_batch_size: int = 256
-    resolution: int = 224
-    crop_scale_min: float = 0.08
-    eval_crop_ratio: float = 1.0
-
-    def validate(self) -> None:
-        super().validate()
-        if self.resolution < 8:
-            raise UsageError(f"resolution must be >= 8, got {self.resolution}")
-        if not 0 < self.crop_scale_min <= 1:
-            raise UsageError(f"crop_scale_min must lie in (0, 1], got {self.crop_scale_min}")
-        if not 0 < self.eval_crop_ratio <= 1:
-            raise UsageError(f"eval_crop_ratio must lie in (0, 1], got {self.eval_crop_ratio}")
-
-
-# ----------------------------------------------------------------------------- options
-
-
-def _toml_module(path: Path) -> Any:
-    try:
-        import tomllib  # Python 3.11+
-    except ImportError:  # pragma: no cover - Python 3.10
-        try:
-            import tomli as tomllib  # type: ignore[no-redef,unused-ignore]
-        except ImportError:
-            raise UsageError(f"reading the TOML config {str(path)!r} needs Python 3.11+ or "
-                             "`pip install tomli`; or write the config as JSON") from None
-    return tomllib
-
-
-def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a recipe config file: a JSON object or a TOML table of options.
-
-    Parameters
-    ----------
-    path : str or path-like
-        ``*.toml`` is parsed as TOML, anything else as JSON.
-
-    Returns
-    -------
-    dict
-        Option name to value, e.g. ``{"epochs": 30, "train_beton": "..."}``.
-
-    Raises
-    ------
-    UsageError
-        If the file is missing, unparsable, or not a table/object.
-    """
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise UsageError(f"cannot read config file {str(p)!r}: {e.strerror}") from e
-    is_toml = p.suffix.lower() == ".toml"
-    try:
-        data = _toml_module(p).loads(text) if is_toml else json.loads(text)
-    except ValueError as e:  # JSONDecodeError and TOMLDecodeError are ValueErrors
-        raise UsageError(f"config file {str(p)!r} is not valid "
-                         f"{'TOML' if is_toml else 'JSON'}: {e}") from e
-    if not isinstance(data, dict):
-        raise UsageError(f"config file {str(p)!r} must hold an object/table of options")
-    return data
-
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def _convert(key: str, kind: type, value: Any) -> Any:
-    """Convert an option value (a CLI string or a JSON/TOML value) to ``kind``."""
-    bad = UsageError(f"option {key}={value!r}: expected {kind.__name__}")
-    if isinstance(value, str):
-        text = value.strip()
-        if kind is bool:
-            if text.lower() in _TRUE | _FALSE:
-                return text.lower() in _TRUE
-            raise bad
-        if kind is str:
-            return text
-        try:
-            return kind(text)
-        except ValueError:
-            raise bad from None
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        raise bad
-    if isinstance(value, bool) or kind is str:
-        raise bad
-    if kind is int and isinstance(value, int | np.integer):
-        return int(value)
-    if kind is float and isinstance(value, int | float | np.integer | np.floating):
-        return float(value)
-    raise bad
-
-
-def recipe_hyperparameters(recipe: str, options: Mapping[str, Any] | None = None
-                           ) -> _Hyperparameters:
-    """Return a recipe's hyperparameters with ``options`` applied and checked.
-
-    Parameters
-    ----------
-    recipe : {'cifar10', 'fmow'}
-    options : mapping, optional
-        Hyperparameter overrides; values may be strings (as from
-        ``--set key=value``) or typed values (from JSON/TOML). The keys
-        ``train_beton``, ``targets_beton`` and ``config`` are ignored here.
-
-    Returns
-    -------
-    Cifar10Hyperparameters or FmowHyperparameters
-
-    Raises
-    ------
-    UsageError
-        On an unknown recipe or key, an unconvertible value or one out of range.
-    """
-    cls = _recipe(recipe).hyperparameters
-    kinds = typing.get_type_hints(cls)
-    valid = [f.name for f in fields(cls)]
-    overrides: dict[str, Any] = {}
-    for key, value in (options or {}).items():
-        if key in _PATH_OPTIONS:
-            continue
-        if key not in kinds:
-            raise UsageError(
-                f"unknown option {key!r} for the {recipe} recipe; valid options: "
-                f"{', '.join(_PATH_OPTIONS + tuple(valid))}"
-            )
-        overrides[key] = _convert(key, kinds[key], value)
-    hp = replace(cls(), **overrides)
-    hp.validate()
-    return hp
-
 
 # ----------------------------------------------------------------------------- recipes
 
@@ -366,14 +87,14 @@ class _Recipe:
 
 RECIPES: dict[str, _Recipe] = {
     "cifar10": _Recipe(
-        Cifar10Hyperparameters,
+        HYPERPARAMETERS["cifar10"],
         lambda hp: resnet9(hp.num_classes, hp.width),
         (125.307, 122.961, 113.8575),
         (51.5865, 50.847, 51.255),
         preferred_batch=8,
     ),
     "fmow": _Recipe(
-        FmowHyperparameters,
+        HYPERPARAMETERS["fmow"],
         lambda hp: resnet18(hp.num_classes, hp.width),
         # ImageNet statistics, as WILDS uses for FMoW.
         (123.675, 116.28, 103.53),
@@ -382,13 +103,6 @@ RECIPES: dict[str, _Recipe] = {
     ),
 }
 """The recipes by name: hyperparameter class, model, normalisation."""
-
-
-def _recipe(name: str) -> _Recipe:
-    try:
-        return RECIPES[name]
-    except KeyError:
-        raise UsageError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}") from None
 
 
 # ----------------------------------------------------------------------------- FFCV glue
@@ -431,7 +145,7 @@ def _seeded(decoder_cls: type) -> type:
     return Seeded
 
 
-def _pipelines(recipe: str, hp: _Hyperparameters, device: torch.device, train: bool
+def _pipelines(recipe: str, hp: RecipeHyperparameters, device: torch.device, train: bool
                ) -> dict[str, Any]:
     """FFCV pipelines: uint8 NCHW images (+ int64 labels for training) on ``device``."""
     from ffcv.fields.decoders import (
@@ -527,11 +241,12 @@ class RecipeTrainer:
     """
 
     def __init__(self, recipe: str, train_info: BetonInfo, targets_info: BetonInfo,
-                 device: torch.device, hparams: _Hyperparameters) -> None:
+                 device: torch.device, hparams: RecipeHyperparameters,
+                 preferred_batch: int | None = None) -> None:
         self.name = recipe
         self.n_train = train_info.n_examples
         self.n_targets = targets_info.n_examples
-        self.preferred_batch = RECIPES[recipe].preferred_batch
+        self.preferred_batch = preferred_batch or RECIPES[recipe].preferred_batch
         self.hparams = hparams
         self.device = device
         self.loaders_built = 0
@@ -694,8 +409,8 @@ class RecipeTrainer:
 # ----------------------------------------------------------------------------- entry point
 
 
-def _beton_path(options: Mapping[str, Any], key: str, recipe: str) -> str:
-    value = options.get(key)
+def _beton_path(values: Mapping[str, Any], key: str, recipe: str) -> str:
+    value = values.get(key)
     if value is None or str(value).strip() == "":
         raise UsageError(
             f"the {recipe} recipe needs option {key}=PATH (an FFCV .beton with "
@@ -714,7 +429,9 @@ def _check_labels(info: BetonInfo, what: str, num_classes: int) -> None:
 
 
 def make_recipe_trainer(name: str, n_train: int, n_targets: int, device: torch.device,
-                        options: Mapping[str, Any]) -> RecipeTrainer:
+                        options: Mapping[str, Any] | None = None, *,
+                        config: str | os.PathLike[str] | None = None,
+                        batch_models: int | None = None) -> RecipeTrainer:
     """Build the trainer of one of the paper's recipes.
 
     Parameters
@@ -724,11 +441,16 @@ def make_recipe_trainer(name: str, n_train: int, n_targets: int, device: torch.d
         The experiment's N and M; the betons must have exactly these lengths.
     device : torch.device
         'cpu' works (slowly); 'cuda' adds mixed precision and channels_last.
-    options : mapping of str to str or value
-        ``train_beton`` and ``targets_beton`` (required paths), ``config``
-        (optional path to a JSON or TOML file of further options, which
-        explicit options override), and any hyperparameter of the recipe's
-        dataclass (see :func:`recipe_hyperparameters`).
+    options : mapping of str to str or value, optional
+        ``train_beton`` and ``targets_beton`` (required paths) and any
+        hyperparameter of the recipe's dataclass (see
+        :func:`recipe_hyperparameters`). ``config`` here is the same as the
+        ``config`` argument.
+    config : path, optional
+        A JSON or TOML file of further options, which ``options`` override.
+    batch_models : int, optional
+        Runs per :meth:`RecipeTrainer.train` call (default 8 for cifar10, 2
+        for fmow); the networks are trained one after another either way.
 
     Returns
     -------
@@ -743,19 +465,14 @@ def make_recipe_trainer(name: str, n_train: int, n_targets: int, device: torch.d
         If a beton's labels exceed ``num_classes`` or its images do not
         suit the recipe.
     """
-    _recipe(name)
+    opts = TrainerOptions.of(options, config=config, batch_models=batch_models)
+    values = opts.values()
+    hp = recipe_hyperparameters(name, values)
     require_ffcv()
-    merged: dict[str, Any] = {}
-    if options.get("config"):
-        merged.update(load_config(str(options["config"])))
-        if "config" in merged:
-            raise UsageError("a config file cannot name another config file")
-    merged.update(options)
-    hp = recipe_hyperparameters(name, merged)
     infos = []
     for key, expected, what in (("train_beton", n_train, "n_train"),
                                 ("targets_beton", n_targets, "n_targets")):
-        info = read_beton_info(_beton_path(merged, key, name))
+        info = read_beton_info(_beton_path(values, key, name))
         if info.n_examples != expected:
             raise UsageError(
                 f"{key} {str(info.path)!r} holds {info.n_examples} examples, but the "
@@ -763,4 +480,16 @@ def make_recipe_trainer(name: str, n_train: int, n_targets: int, device: torch.d
             )
         _check_labels(info, key, hp.num_classes)
         infos.append(info)
-    return RecipeTrainer(name, infos[0], infos[1], device, hp)
+    return RecipeTrainer(name, infos[0], infos[1], device, hp, opts.batch_models)
+
+
+def recipe_trainer(request: TrainerRequest) -> RecipeTrainer:
+    """The factory of ``cifar10`` and ``fmow`` (see :func:`dmdb.trainers.register_trainer`).
+
+    Takes the betons and hyperparameters as settings or from the config file;
+    ``batch_models`` is the number of runs per call.
+    """
+    opts = request.options
+    return make_recipe_trainer(request.name, request.n_train, request.n_targets,
+                               request.device, opts.settings, config=opts.config,
+                               batch_models=opts.batch_models)
