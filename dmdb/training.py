@@ -64,14 +64,15 @@ def train_runs(
     seeds: np.ndarray,
     *,
     alpha: float,
-    batch_models: int | None = None,
     split: str | None = None,
     infos: list[dict[str, Any]] | None = None,
     progress: bool = True,
-    echo: Echo = print,
     desc: str = "train",
 ) -> np.ndarray:
     """Train one model per (mask, seed) and stream the runs into ``db``.
+
+    The trainer gets ``trainer.preferred_batch`` runs per call (``--batch-models``
+    reaches it through :func:`dmdb.trainers.make_trainer`).
 
     Parameters
     ----------
@@ -86,9 +87,9 @@ def train_runs(
     """
     from tqdm.auto import tqdm
 
-    batch = int(batch_models or trainer.preferred_batch)
+    batch = int(trainer.preferred_batch)
     if batch < 1:
-        raise UsageError(f"--batch-models must be positive, got {batch}")
+        raise TrainerError(f"trainer {trainer.name!r} asks for {batch} runs per call")
     n = len(masks)
     out = np.zeros((n, trainer.n_targets), dtype=np.float32)
     bar = tqdm(total=n, unit="model", desc=desc, disable=not progress, smoothing=0.1)

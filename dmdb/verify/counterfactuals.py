@@ -308,7 +308,7 @@ def verify(
     fit = load_fit_under_test(db, fit_id)
     ks = _check_verify_args(ks, targets, models, brittleness_targets, seed, exp.n_train,
                             len(fit.fitted))
-    model, opts = build_trainer(db, fit, trainer, device, options)
+    model, opts = build_trainer(db, fit, trainer, device, options, batch_models=batch_models)
     plan = Plan()
     cf_targets = _plan_counterfactuals(plan, fit, exp.seed, seed, targets, ks, models,
                                        exp.n_train, device, opts)
@@ -319,8 +319,7 @@ def verify(
     echo(f"verify fit {fit.fit_id}: {len(cf_targets)} counterfactual and {len(br_targets)} "
          f"brittleness target(s); training {len(todo)} model(s) with {model.name} "
          f"({reused} already there)")
-    interrupted = run_plan(db, model, todo, alpha=fit.alpha, batch_models=batch_models,
-                           progress=progress, echo=echo)
+    interrupted = run_plan(db, model, todo, alpha=fit.alpha, progress=progress, echo=echo)
     trained = len(todo) - len(todo.without(done_keys(db, "")))
     stats = summarise_counterfactuals(counterfactual_rows(db, fit.fit_id, cf_targets))
     return VerifyReport(

@@ -182,7 +182,7 @@ def ceiling(
         raise UsageError(f"--seeds must be at least 2 (seed-to-seed agreement), got {seeds}")
     if not 0 <= seed < 2**63:
         raise UsageError(f"--seed must be a non-negative integer, got {seed}")
-    model, opts = build_trainer(db, fit, trainer, device, options)
+    model, opts = build_trainer(db, fit, trainer, device, options, batch_models=batch_models)
     plan = Plan()
     _plan_ceiling(plan, exp.seed, seed, fit.alpha, masks, seeds, exp.n_train, device, opts)
     done = done_keys(db, f"ceiling/{seed}/{int(round(fit.alpha * 1_000_000))}/")
@@ -190,8 +190,7 @@ def ceiling(
     echo(f"noise ceiling for fit {fit.fit_id}: {masks} masks x {seeds} seeds at "
          f"alpha={fit.alpha:g}; training {len(todo)} model(s) with {model.name} "
          f"({len(plan) - len(todo)} already there)")
-    interrupted = run_plan(db, model, todo, alpha=fit.alpha, batch_models=batch_models,
-                           progress=progress, echo=echo)
+    interrupted = run_plan(db, model, todo, alpha=fit.alpha, progress=progress, echo=echo)
     trained = len(todo) - len(todo.without(done_keys(db, "ceiling/")))
     report = CeilingReport(fit.fit_id, fit.alpha, masks, seeds, trained, len(plan) - len(todo),
                            0.0, interrupted, *([float("nan")] * 8))

@@ -47,9 +47,13 @@ WHERE split = 'verify' AND info->>'$.verify.kind' IS NOT NULL
 
 def build_trainer(
     db: Database, fit: FitUnderTest, trainer: str | None, device: str,
-    options: Mapping[str, Any] | None,
+    options: Mapping[str, Any] | None, *, batch_models: int | None = None,
 ) -> tuple[Trainer, dict[str, Any]]:
-    """The trainer the fit's runs were made with (or ``trainer``), and its options."""
+    """The trainer the fit's runs were made with (or ``trainer``), and its options.
+
+    Built through the same door as `dmdb train` (:func:`dmdb.trainers.make_trainer`), so
+    ``batch_models`` means what ``--batch-models`` means there.
+    """
     exp = db.experiment
     spec = trainer or fit.trainer
     recorded = dict(fit.options) if trainer is None else {}
@@ -58,7 +62,8 @@ def build_trainer(
     merged = recorded | dict(options or {})
     try:
         model = make_trainer(spec, dataset_name=exp.dataset, n_train=exp.n_train,
-                             n_targets=exp.n_targets, device=device, options=merged)
+                             n_targets=exp.n_targets, device=device, options=merged,
+                             batch_models=batch_models)
     except TrainerError as e:
         if trainer is not None:
             raise
@@ -151,8 +156,7 @@ def fill_verify_runs(db: Database) -> int:
 
 
 def run_plan(
-    db: Database, trainer: Trainer, plan: Plan, *, alpha: float, batch_models: int | None,
-    progress: bool, echo: Echo,
+    db: Database, trainer: Trainer, plan: Plan, *, alpha: float, progress: bool, echo: Echo,
 ) -> bool:
     """Train the plan in one batched call; return True if interrupted (Ctrl-C).
 
@@ -164,8 +168,8 @@ def run_plan(
     interrupted = False
     try:
         train_runs(db, trainer, np.stack(plan.masks), np.asarray(plan.seeds, dtype=np.int64),
-                   alpha=alpha, batch_models=batch_models, split="verify", infos=plan.infos,
-                   progress=progress, echo=echo, desc="verify")
+                   alpha=alpha, split="verify", infos=plan.infos, progress=progress,
+                   desc="verify")
     except KeyboardInterrupt:
         interrupted = True
         echo("interrupted: the runs trained so far are saved; run the same command again "
