@@ -223,7 +223,7 @@ def comparison_figure(comparison: Comparison) -> Any:
     pad = 0.03 * (hi - lo or 1)
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=1, label="y = x")
     ref_mean = rows[ref]["mean_lds"]
-    ax.set(xlabel=f"LDS of fit {ref} ({comparison.labels[ref]}), mean "
+    ax.set(xlabel=f"LDS of fit {ref}, {comparison.labels[ref]}: mean "
                   f"{'-' if ref_mean is None else f'{ref_mean:.3f}'}",
            ylabel="LDS of the other fit",
            title=f"Per-target LDS on fit {ref}'s {comparison.n_eval_runs} test runs "
