@@ -24,7 +24,6 @@ Everything is read and checked before one transaction writes the fit
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -334,7 +333,9 @@ def _tensor_array(value: Any, path: Path, key: str) -> np.ndarray:
             value = value.to_dense()
         if value.is_complex() or value.dtype == torch.bool:
             raise InputError(f"{path.name}: {key} has dtype {value.dtype}; it must be real")
-        return value.detach().to(torch.float64).numpy()
+        # float32 stays float32 (no copy of a large weight); blocks go to float64 later.
+        wide = torch.float64 if value.dtype == torch.float64 else torch.float32
+        return value.detach().to(wide).numpy()
     try:
         array = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as e:
@@ -381,8 +382,8 @@ def _read_scores(db: Database, path: Path, *, transpose: bool, bias: Path | None
     params: dict[str, Any] = {"transpose": transpose}
     bias_values = np.zeros(m)
     if bias is not None:
-        if detect_format(bias) != "scores-npy":
-            raise UsageError(f"--bias {bias.name}: give a .npy of shape (M,)")
+        if bias.suffix.lower() != ".npy" or not bias.is_file():
+            raise UsageError(f"--bias {bias}: give an existing .npy file of shape (M,)")
         bias_values = _vector(_load_npy(bias, "bias"), m, bias, "bias")
         params |= {"bias_source": bias.name, "bias_sha256": content_sha256(bias)}
     weights, _ = _mask_space(scores, path, "the score matrix", transpose=transpose)
@@ -578,10 +579,3 @@ def _describe_standardisation(parameters: dict[str, Any]) -> str:
                 f"{parameters.get('standardisation_runs')} runs at alpha {a:g}")
     return ""
 
-
-def imported_parameters(db: Database, fit_id: int) -> dict[str, Any]:
-    """The parameters an imported fit recorded ({} for a fit dmdb computed)."""
-    row = db.sql("SELECT solver, parameters FROM fits WHERE fit_id = ?", [fit_id]).to_pylist()
-    if not row or row[0]["solver"] != "imported":
-        return {}
-    return dict(json.loads(row[0]["parameters"] or "{}"))
