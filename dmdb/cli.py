@@ -309,16 +309,17 @@ def fits(db: str, drop: int | None) -> None:
 @click.option("--fit", "fit_id", type=int, required=True, help="The fit to export.")
 @click.option("--format", "fmt", type=click.Choice(["npy", "parquet"]), default="npy",
               show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: fit-ID).")
+@click.option("--out", type=click.Path(), help="Output folder (default: fit-ID).")
 @reports_errors
 def export(db: str, fit_id: int, fmt: str, out: str | None) -> None:
     """Write a fit's bias and weights for other tools (npy or parquet)."""
     from dmdb.db import connect
     from dmdb.export import export_fit
+    from dmdb.sources import display_path
 
     paths = export_fit(connect(db, read_only=True), fit_id, out or f"fit-{fit_id}", fmt)
     for p in paths:
-        click.echo(f"wrote {p}")
+        click.echo(f"wrote {display_path(p)}")
 
 
 @cli.command()
@@ -428,7 +429,7 @@ def verify(db: str, fit_id: int | None, ceiling: bool, targets: int, ks: tuple[i
 
 @cli.command()
 @db_argument
-@click.argument("out", type=click.Path(file_okay=False), default="report")
+@click.argument("out", type=click.Path(), default="report")
 @click.option("--fit", "fit_id", type=int, help="The fit (default: the latest).")
 @click.option("--no-learning-curve", is_flag=True,
               help="Do not refit on 10/25/50% of the runs for the LDS-vs-runs plot.")

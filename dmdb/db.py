@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -586,6 +587,7 @@ def init(
     ):
         if arr is not None and len(arr) != size:
             raise InputError(f"{len(arr)} {what} for {size} examples")
+    _check_init_memory(n_train, n_targets, train_pixels, target_pixels)
     path = str(path)
     in_memory = path == ":memory:"
     building = path
@@ -652,6 +654,44 @@ def _check_init_args(
         raise UsageError(f"--seed must be a non-negative 64-bit integer, got {seed}")
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
         raise UsageError("validation and test fractions must be in (0, 1) and sum below 1")
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_init_memory(
+    n_train: int, n_targets: int, train_pixels: np.ndarray | None,
+    target_pixels: np.ndarray | None,
+) -> None:
+    """Refuse an init whose examples' tables would not fit in memory, before allocating.
+
+    init holds, per example, an int32 index and an int32 label, and for pixels a
+    float32 copy plus the Arrow list built over it (8 bytes a value); a pixel array
+    may be a view that has not allocated its values yet (np.broadcast_to).
+    """
+    need = 8 * (n_train + n_targets)
+    for pixels in (train_pixels, target_pixels):
+        if pixels is not None:
+            need += 8 * math.prod(np.shape(pixels))
+    available = _available_memory()
+    if available is not None and need > available:
+        raise UsageError(
+            f"init would need about {need / 2**30:,.1f} GiB of memory for the examples' labels "
+            f"and pixels, but only {available / 2**30:,.1f} GiB is available; give fewer "
+            "training examples or targets, or smaller pixels"
+        )
 
 
 def _insert_experiment(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,40 @@ import scipy.sparse as sp
 
 from dmdb.db import Database
 from dmdb.errors import UsageError
+from dmdb.sources import display_path
+
+
+def check_output_folder(folder: str | Path, what: str) -> Path:
+    """Refuse an output folder that cannot be a folder (a plain file, or one under a file).
+
+    Nothing is created; call :func:`output_folder` once the input has been checked.
+    """
+    out = Path(folder)
+    for parent in (out, *out.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                where = "is" if parent == out else f"is under {display_path(parent)}, which is"
+                raise UsageError(f"{display_path(out)} {where} a file; give a folder for {what}")
+            break
+    return out
+
+
+def output_folder(folder: str | Path, what: str) -> Path:
+    """Create ``folder`` (and its parents) and prove that files can be written in it.
+
+    A probe file is created and removed again, so that a read-only folder or file
+    system is refused in one line before anything is computed or written (a
+    permission check alone says yes to root, whatever the file system says).
+    """
+    out = check_output_folder(folder, what)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise UsageError(f"{display_path(out)}: cannot write {what} there ({reason})") from e
+    return out
 
 
 def export_fit(db: Database, fit_id: int, folder: str | Path, fmt: str) -> list[Path]:
@@ -22,19 +57,32 @@ def export_fit(db: Database, fit_id: int, folder: str | Path, fmt: str) -> list[
     """
     if fmt not in ("npy", "parquet"):
         raise UsageError(f"unknown export format {fmt!r}; use npy or parquet")
+    check_output_folder(folder, "the export")
     bias, weights = db.load_fit(fit_id)
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(folder, "the export")
+    try:
+        return _write(db, fit_id, out, fmt, bias, weights)
+    except OSError as e:  # e.g. the disk filled up half-way
+        reason = e.strerror or type(e).__name__
+        raise UsageError(f"{display_path(out)}: writing the export failed ({reason})") from e
+
+
+def _write(
+    db: Database, fit_id: int, out: Path, fmt: str, bias: np.ndarray, weights: sp.csr_matrix
+) -> list[Path]:
     if fmt == "npy":
         paths = [out / "bias.npy", out / "weights.npz"]
         np.save(paths[0], bias)
         sp.save_npz(paths[1], weights)
         return paths
     paths = [out / "datamodels.parquet", out / "weights.parquet"]
-    pq.write_table(db.sql("SELECT * FROM datamodels WHERE fit_id = ? ORDER BY target_idx",
-                          [fit_id]), paths[0])
     coo = weights.tocoo()
-    pq.write_table(pa.table({"target_idx": coo.row.astype(np.int32),
-                             "train_idx": coo.col.astype(np.int32),
-                             "weight": coo.data.astype(np.float32)}), paths[1])
+    tables = [
+        db.sql("SELECT * FROM datamodels WHERE fit_id = ? ORDER BY target_idx", [fit_id]),
+        pa.table({"target_idx": coo.row.astype(np.int32), "train_idx": coo.col.astype(np.int32),
+                  "weight": coo.data.astype(np.float32)}),
+    ]
+    for table, path in zip(tables, paths, strict=True):
+        with open(path, "wb") as f:  # by Python: pyarrow cannot encode a non-UTF-8 name
+            pq.write_table(table, f)
     return paths

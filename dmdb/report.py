@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from dmdb.db import Database
-from dmdb.errors import DmdbError, FitError, UsageError
+from dmdb.errors import DmdbError, FitError
+from dmdb.export import check_output_folder, output_folder
 from dmdb.fitting import MIN_RUNS
 from dmdb.metrics import correlations
 from dmdb.verify import (
@@ -94,11 +95,10 @@ def report(
     -------
     Path of index.html.
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} is a file; give a folder for the report")
+    check_output_folder(out_dir, "the report")
     fit = load_fit_under_test(db, fit_id)
-    out.mkdir(parents=True, exist_ok=True)
+    # Before any figure: the learning curve writes fits, which a failed save would orphan.
+    out = output_folder(out_dir, "the report")
     ctx = _Context(db, fit, out, learning_curve, progress, echo)
     sections = []
     for make in (_predictions, _lds_histogram, _influencers, _counterfactual_scatter,

@@ -26,6 +26,7 @@ info           string (JSON provenance)                   no
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,19 @@ _NUMBER = ("alpha", "train_acc")
 _TEXT = ("split", "trainer", "info", "fingerprint")
 SHARD_SUFFIXES = (".parquet", ".arrow", ".feather", ".ipc", ".arrows")
 CHUNK_RUNS = 2048
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """A file name as one printable line of valid UTF-8, for messages and text columns.
+
+    A name that is not valid UTF-8 reaches Python with surrogate escapes, which no
+    message, terminal or DuckDB VARCHAR can encode; its undecodable bytes are shown
+    as ``\\xNN`` instead, and control characters (a newline) as their escapes.
+    """
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _list_values(col: pa.ChunkedArray | pa.Array, width: int, what: str, row0: int) -> np.ndarray:
@@ -231,7 +245,7 @@ class ArrowSource(Source):
 def file_key(path: Path) -> tuple[str, int, int]:
     """The identity under which an ingested shard file is recorded."""
     st = path.stat()
-    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    return (display_path(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
 class ShardSource(Source):
@@ -244,11 +258,11 @@ class ShardSource(Source):
 
     def _read(self, path: Path) -> Iterator[pa.RecordBatch]:
         try:
-            if path.suffix == ".parquet":
-                pf = pq.ParquetFile(path)
-                yield from pf.iter_batches(batch_size=CHUNK_RUNS)
-                return
+            # Opened by Python, not by name: pyarrow cannot encode a non-UTF-8 file name.
             with open(path, "rb") as f:
+                if path.suffix == ".parquet":
+                    yield from pq.ParquetFile(f).iter_batches(batch_size=CHUNK_RUNS)
+                    return
                 try:
                     reader = ipc.open_file(f)
                     batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
@@ -257,13 +271,15 @@ class ShardSource(Source):
                     f.seek(0)
                     yield from ipc.open_stream(f)
         except (pa.ArrowException, OSError) as e:
-            raise InputError(f"{path}: cannot read shard: {str(e).splitlines()[0]}") from e
+            raise InputError(
+                f"{display_path(path)}: cannot read shard: {str(e).splitlines()[0]}"
+            ) from e
 
     def batches(self, n_train: int, n_targets: int) -> Iterator[tuple[str, RunBatch]]:
         for path in self.paths:
             row0 = 0
             for rb in self._read(path):
-                yield str(path), batch_from_arrow(
+                yield display_path(path), batch_from_arrow(
                     rb, n_train=n_train, n_targets=n_targets, row0=row0
                 )
                 row0 += rb.num_rows
@@ -271,18 +287,21 @@ class ShardSource(Source):
 
 def find_shards(path: Path) -> list[Path]:
     """The shard files in a folder (sorted), or the file itself."""
+    shown = display_path(path)
     if path.is_dir():
         found = sorted(
             p for p in path.iterdir() if p.suffix in SHARD_SUFFIXES and not p.name.startswith(".")
         )
         if not found:
-            raise InputError(f"{path}: no shard files ({', '.join(SHARD_SUFFIXES)}) in this folder")
+            raise InputError(
+                f"{shown}: no shard files ({', '.join(SHARD_SUFFIXES)}) in this folder"
+            )
         return found
     if not path.exists():
-        raise InputError(f"{path}: no such file or folder")
+        raise InputError(f"{shown}: no such file or folder")
     if path.suffix not in SHARD_SUFFIXES:
         raise InputError(
-            f"{path}: not a shard file (expected {', '.join(SHARD_SUFFIXES)}); "
+            f"{shown}: not a shard file (expected {', '.join(SHARD_SUFFIXES)}); "
             "for .npy matrices use --masks/--margins"
         )
     return [path]
@@ -290,11 +309,12 @@ def find_shards(path: Path) -> list[Path]:
 
 def _open_npy(path: Path, what: str) -> np.ndarray:
     if not path.exists():
-        raise InputError(f"{path}: no such file ({what})")
+        raise InputError(f"{display_path(path)}: no such file ({what})")
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise InputError(f"{path}: not a readable .npy file ({what}): {e}") from e
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"{display_path(path)}: not a readable .npy file ({what}): {first}") from e
 
 
 class NpySource(Source):
@@ -314,27 +334,37 @@ class NpySource(Source):
         self.masks = _open_npy(masks, "masks")
         self.margins = _open_npy(margins, "margins")
         self.alpha = alpha
-        self.label = label or f"{masks.name}/{margins.name}"
+        self.label = label or display_path(f"{masks.name}/{margins.name}")
+        shown_masks, shown_margins = display_path(masks), display_path(margins)
         self.files = []
         if not (self.masks.dtype == np.bool_ or np.issubdtype(self.masks.dtype, np.number)):
-            raise InputError(f"{masks}: masks must be 0/1 or bool, got dtype {self.masks.dtype}")
+            raise InputError(
+                f"{shown_masks}: masks must be 0/1 or bool, got dtype {self.masks.dtype}"
+            )
         if self.masks.ndim != 2:
-            raise InputError(f"{masks}: masks must be 2-D (runs x n_train), got {self.masks.shape}")
+            raise InputError(
+                f"{shown_masks}: masks must be 2-D (runs x n_train), got {self.masks.shape}"
+            )
         if self.margins.ndim != 2:
-            raise InputError(f"{margins}: margins must be 2-D (runs x M), got {self.margins.shape}")
+            raise InputError(
+                f"{shown_margins}: margins must be 2-D (runs x M), got {self.margins.shape}"
+            )
         if self.masks.shape[0] != self.margins.shape[0]:
             raise InputError(
                 f"masks have {self.masks.shape[0]} rows but margins have {self.margins.shape[0]}; "
                 "they must have one row per run"
             )
         if not np.issubdtype(self.margins.dtype, np.floating):
-            raise InputError(f"{margins}: margins must be float16/32/64, got {self.margins.dtype}")
+            raise InputError(
+                f"{shown_margins}: margins must be float16/32/64, got {self.margins.dtype}"
+            )
         rows = np.arange(self.masks.shape[0])
         if completed is not None:
             flags = np.asarray(_open_npy(completed, "completion flags")).astype(bool).reshape(-1)
             if flags.shape[0] != self.masks.shape[0]:
                 raise InputError(
-                    f"{completed}: {flags.shape[0]} flags for {self.masks.shape[0]} rows"
+                    f"{display_path(completed)}: {flags.shape[0]} flags for "
+                    f"{self.masks.shape[0]} rows"
                 )
             rows = rows[flags]
         self.rows = rows
@@ -373,7 +403,7 @@ def store_source(folder: Path, alpha: float, masks_key: str, margins_key: str) -
         folder / f"{margins_key}.npy",
         alpha,
         completed=folder / "_completed.npy",
-        label=str(folder),
+        label=display_path(folder),
     )
 
 
