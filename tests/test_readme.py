@@ -18,8 +18,8 @@ README = (ROOT / "README.md").read_text()
 def test_ci_runs_exactly_the_readme_test_command() -> None:
     blocks = re.findall(r"```bash\n(.*?)```", README, re.S)
     test_command = next(b.strip() for b in blocks if "pytest" in b)
-    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
-    assert ci[-1].strip() == test_command
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert test_command in ci  # run as written, in a fresh venv, before the FFCV extras
     main_command = blocks[0].strip()
     assert "dmdb quickstart" in main_command and main_command.startswith("pip install torch==")
 
