@@ -11,6 +11,7 @@ written to a Parquet shard beside the database for a later ``dmdb ingest``.
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dmdb.codec import as_float32_margins, pack_masks, utcnow
@@ -28,59 +30,42 @@ from dmdb.runs import RunBatch
 from dmdb.sources import BatchSource, batch_to_arrow
 
 
-class RunWriter:
-    """Buffer runs and flush them to a database in large batches.
+class RunBuffer:
+    """Buffer runs in canonical form; subclasses say where a flush puts them.
+
+    The plain buffer keeps everything until :meth:`take` (a Ray task returns its
+    runs that way); :class:`RunWriter` flushes into a database, :class:`ShardWriter`
+    into shard files.
 
     Parameters
     ----------
-    db : Database
+    n_train, n_targets : int
+        The experiment's N and M; every run is checked against them when added.
     flush_runs : int
         Flush when this many runs are buffered.
     flush_seconds : float
-        Also flush when the oldest buffered run is this old, so that readers see progress.
+        Also flush when the oldest buffered run is this old.
     trainer, source : str, optional
         Provenance recorded with every run.
-    on_message : callable, optional
-        Called with a line for the user (busy database, spilled runs).
-    close_timeout : float
-        At close, how long to keep retrying a busy database before spilling to a file.
-
-    Examples
-    --------
-    >>> with RunWriter(db, trainer="mine") as w:            # doctest: +SKIP
-    ...     for seed in range(100):
-    ...         mask = rng.random(db.experiment.n_train) < 0.5
-    ...         w.add(mask, train_and_measure(mask, seed), alpha=0.5, seed=seed)
     """
 
     def __init__(
         self,
-        db: Database,
+        n_train: int,
+        n_targets: int,
         *,
         flush_runs: int = 2048,
-        flush_seconds: float = 60.0,
+        flush_seconds: float = float("inf"),
         trainer: str | None = None,
         source: str | None = None,
-        on_message: Callable[[str], None] | None = None,
-        close_timeout: float = 120.0,
     ) -> None:
-        self.db = db
-        # The same database (an in-memory one included), but quick to give up when busy.
-        self._quick = copy.copy(db)
-        self._quick.busy_timeout = 0.5
+        self.n_train, self.n_targets = n_train, n_targets
         self.flush_runs = flush_runs
         self.flush_seconds = flush_seconds
         self.trainer = trainer
         self.source = source or (f"trainer:{trainer}" if trainer else "writer")
-        self.on_message = on_message or (lambda line: None)
-        self.close_timeout = close_timeout
-        exp = db.experiment
-        self.n_train, self.n_targets = exp.n_train, exp.n_targets
         self._parts: list[dict[str, Any]] = []
         self._oldest: float | None = None
-        self._next_try = 0.0
-        self._backoff = 1.0
-        self.written = 0
 
     @property
     def pending(self) -> int:
@@ -184,6 +169,68 @@ class RunWriter:
             fingerprint=prints.pop(),
         )
 
+    def flush(self, wait: bool = True) -> Any:
+        """Where the buffered runs go; the plain buffer keeps them."""
+        return None
+
+    def take(self) -> RunBatch | None:
+        """The buffered runs as one batch (None if there are none); the buffer is emptied."""
+        if not self._parts:
+            return None
+        batch = self._batch()
+        self._parts, self._oldest = [], None
+        return batch
+
+
+class RunWriter(RunBuffer):
+    """Buffer runs and flush them to a database in large batches.
+
+    Parameters
+    ----------
+    db : Database
+    flush_runs : int
+        Flush when this many runs are buffered.
+    flush_seconds : float
+        Also flush when the oldest buffered run is this old, so that readers see progress.
+    trainer, source : str, optional
+        Provenance recorded with every run.
+    on_message : callable, optional
+        Called with a line for the user (busy database, spilled runs).
+    close_timeout : float
+        At close, how long to keep retrying a busy database before spilling to a file.
+
+    Examples
+    --------
+    >>> with RunWriter(db, trainer="mine") as w:            # doctest: +SKIP
+    ...     for seed in range(100):
+    ...         mask = rng.random(db.experiment.n_train) < 0.5
+    ...         w.add(mask, train_and_measure(mask, seed), alpha=0.5, seed=seed)
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        flush_runs: int = 2048,
+        flush_seconds: float = 60.0,
+        trainer: str | None = None,
+        source: str | None = None,
+        on_message: Callable[[str], None] | None = None,
+        close_timeout: float = 120.0,
+    ) -> None:
+        exp = db.experiment
+        super().__init__(exp.n_train, exp.n_targets, flush_runs=flush_runs,
+                         flush_seconds=flush_seconds, trainer=trainer, source=source)
+        self.db = db
+        # The same database (an in-memory one included), but quick to give up when busy.
+        self._quick = copy.copy(db)
+        self._quick.busy_timeout = 0.5
+        self.on_message = on_message or (lambda line: None)
+        self.close_timeout = close_timeout
+        self._next_try = 0.0
+        self._backoff = 1.0
+        self.written = 0
+
     def flush(self, wait: bool = True) -> IngestResult | None:
         """Write the buffered runs; without ``wait``, a busy database leaves them buffered."""
         if not self._parts:
@@ -243,3 +290,55 @@ class RunWriter:
     ) -> None:
         # Flush on every exit, Ctrl-C included: trained runs are never thrown away.
         self.close()
+
+
+class ShardWriter(RunBuffer):
+    """Buffer runs and write them as Arrow IPC shard files of at most ``flush_runs`` runs.
+
+    Each shard is written as ``NAME.tmp`` and renamed into place once complete, so
+    a reader (``dmdb ingest DIR``, which skips ``.tmp`` files) never sees half a file.
+
+    Parameters
+    ----------
+    folder : Path
+        Created if missing.
+    prefix : str
+        The start of every shard's file name (a worker's own prefix keeps workers apart).
+    """
+
+    def __init__(self, folder: Path, prefix: str, n_train: int, n_targets: int, *,
+                 flush_runs: int = 256, trainer: str | None = None) -> None:
+        super().__init__(n_train, n_targets, flush_runs=flush_runs, trainer=trainer)
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.prefix = prefix
+        self.paths: list[Path] = []
+
+    def flush(self, wait: bool = True) -> Path | None:
+        batch = self.take()
+        if batch is None:
+            return None
+        first = int(batch.draw[0]) if batch.draw is not None else len(self.paths)
+        path = self.folder / f"{self.prefix}-d{first:09d}-n{len(batch)}.arrow"
+        write_shard(batch_to_arrow(batch), path)
+        self.paths.append(path)
+        return path
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_shard(table: pa.Table, path: Path) -> None:
+    """Write an Arrow IPC file as ``path.tmp`` and rename it into place."""
+    import pyarrow.ipc as ipc
+
+    tmp = path.with_name(path.name + ".tmp")
+    with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, table.schema) as out:
+        out.write_table(table)
+    os.replace(tmp, path)
