@@ -21,7 +21,7 @@ from dmdb.db import Database
 from dmdb.errors import TrainerError, UsageError
 from dmdb.runs import check_alpha, splitmix64
 from dmdb.trainers import PartialTrainError, Trainer, TrainerOptions, make_trainer
-from dmdb.writer import RunWriter
+from dmdb.writer import RunBuffer, RunWriter
 
 Echo = Callable[[str], None]
 
@@ -57,6 +57,15 @@ class TrainReport:
     interrupted: bool = False
 
 
+@dataclass
+class Identity:
+    """The identity of runs that dmdb draws, aligned with their masks (see dmdb.runs)."""
+
+    fingerprint: str
+    draws: np.ndarray    # int64 (R,)
+    repeats: np.ndarray  # int64 (R,)
+
+
 def train_runs(
     db: Database,
     trainer: Trainer,
@@ -66,6 +75,7 @@ def train_runs(
     alpha: float,
     split: str | None = None,
     infos: list[dict[str, Any]] | None = None,
+    identity: Identity | None = None,
     progress: bool = True,
     desc: str = "train",
 ) -> np.ndarray:
@@ -80,6 +90,7 @@ def train_runs(
     seeds : int64 array of shape (R,)
     split : 'verify' or None (derived from the mask)
     infos : one JSON-able dict per run (provenance), optional
+    identity : the runs' draws, for runs drawn by dmdb (their run ids), optional
 
     Returns
     -------
@@ -87,47 +98,105 @@ def train_runs(
     """
     from tqdm.auto import tqdm
 
+    bar = tqdm(total=len(masks), unit="model", desc=desc, disable=not progress, smoothing=0.1)
+    with RunWriter(db, trainer=trainer.name, flush_seconds=30.0, on_message=bar.write) as writer:
+        try:
+            return train_into(writer, trainer, masks, seeds, alpha=alpha, split=split,
+                              infos=infos, identity=identity, on_batch=bar.update)
+        finally:
+            bar.close()
+
+
+def train_into(
+    sink: RunBuffer,
+    trainer: Trainer,
+    masks: np.ndarray,
+    seeds: np.ndarray,
+    *,
+    alpha: float,
+    split: str | None = None,
+    infos: list[dict[str, Any]] | None = None,
+    identity: Identity | None = None,
+    on_batch: Callable[[int], Any] = lambda n: None,
+) -> np.ndarray:
+    """Train one model per (mask, seed) into any run buffer (a database, shards, a task's
+    result); see :func:`train_runs` for the arguments. Runs trained before a failing
+    one are added to ``sink`` before the error is raised."""
     batch = int(trainer.preferred_batch)
     if batch < 1:
         raise TrainerError(f"trainer {trainer.name!r} asks for {batch} runs per call")
     n = len(masks)
     out = np.zeros((n, trainer.n_targets), dtype=np.float32)
-    bar = tqdm(total=n, unit="model", desc=desc, disable=not progress, smoothing=0.1)
-    with RunWriter(db, trainer=trainer.name, flush_seconds=30.0, on_message=bar.write) as writer:
+    for start in range(0, n, batch):
+        sl = slice(start, min(start + batch, n))
         try:
-            for start in range(0, n, batch):
-                sl = slice(start, min(start + batch, n))
-                try:
-                    result = trainer.train(masks[sl], seeds[sl])
-                except PartialTrainError as e:
-                    _add(writer, masks[sl], seeds[sl], e.result, alpha, split, infos, sl)
-                    saved = start + e.failed_index
-                    raise TrainerError(
-                        f"run {saved} of this command (seed {int(seeds[saved])}): {e.reason}; "
-                        f"the {saved} run(s) trained before it are saved"
-                    ) from e
-                _add(writer, masks[sl], seeds[sl], result, alpha, split, infos, sl)
-                out[sl] = result.margins
-                bar.update(len(result))
-                bar.set_postfix(target_acc=f"{(result.margins > 0).mean():.3f}")
-        finally:
-            bar.close()
+            result = trainer.train(masks[sl], seeds[sl])
+        except PartialTrainError as e:
+            _add(sink, masks[sl], seeds[sl], e.result, alpha, split, infos, identity, sl)
+            saved = start + e.failed_index
+            raise TrainerError(
+                f"run {saved} of this command (seed {int(seeds[saved])}): {e.reason}; "
+                f"the {saved} run(s) trained before it are saved"
+            ) from e
+        _add(sink, masks[sl], seeds[sl], result, alpha, split, infos, identity, sl)
+        out[sl] = result.margins
+        on_batch(len(result))
     return out
 
 
 def _add(
-    writer: RunWriter, masks: np.ndarray, seeds: np.ndarray, result: Any, alpha: float,
-    split: str | None, infos: list[dict[str, Any]] | None, sl: slice,
+    sink: RunBuffer, masks: np.ndarray, seeds: np.ndarray, result: Any, alpha: float,
+    split: str | None, infos: list[dict[str, Any]] | None, identity: Identity | None,
+    sl: slice,
 ) -> None:
     k = len(result)
     if k == 0:
         return
-    writer.add_batch(
+    drawn: dict[str, Any] = {}
+    if identity is not None:
+        drawn = {"draw": identity.draws[sl][:k], "repeat": identity.repeats[sl][:k],
+                 "fingerprint": identity.fingerprint}
+    sink.add_batch(
         masks[:k], result.margins, alpha=alpha, seeds=seeds[:k], train_acc=result.train_acc,
         split=None if split is None else np.full(k, split, dtype=object),
         info=None if infos is None else np.array(
             [json.dumps(i) for i in infos[sl][:k]], dtype=object),
+        **drawn,
     )
+
+
+def missing_draws(
+    done: set[tuple[int, int]], runs: int, repeats: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (draw, repeat) pairs of draws 0..runs-1 x repeats 0..repeats-1 not in ``done``.
+
+    Returns
+    -------
+    draws, repeats : int64 arrays of shape (R,), ordered by draw then repeat
+    """
+    pairs = [(d, r) for d in range(runs) for r in range(repeats) if (d, r) not in done]
+    arr = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    return arr[:, 0].copy(), arr[:, 1].copy()
+
+
+def done_draws(db: Database, alpha: float) -> set[tuple[int, int]]:
+    """The (draw, repeat) pairs already in the database at this alpha (outside 'verify')."""
+    rows = db.sql(
+        "SELECT DISTINCT draw, \"repeat\" FROM runs "
+        "WHERE split <> 'verify' AND draw IS NOT NULL AND abs(alpha - ?) < 1e-9",
+        [alpha],
+    ).to_pylist()
+    return {(int(r["draw"]), int(r["repeat"] or 0)) for r in rows}
+
+
+def drawn_runs(
+    exp_seed: int, seed: int | None, alpha: float, draws: np.ndarray, repeats: np.ndarray,
+    n_train: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The masks (R, N) and model seeds (R,) of the given (draw, repeat) pairs."""
+    unique, inverse = np.unique(draws, return_inverse=True)
+    masks = draw_masks(exp_seed, alpha, unique, n_train)[inverse]
+    return masks, run_seeds(exp_seed if seed is None else seed, draws, repeats)
 
 
 def existing_draws(db: Database, alpha: float) -> tuple[int, int]:
@@ -185,30 +254,26 @@ def train(
                          n_targets=exp.n_targets, device=device, options=opts.settings,
                          config=opts.config, batch_models=opts.batch_models)
     recorded = opts.recorded()
-    have, next_draw = existing_draws(db, alpha)
-    todo = runs - have
-    if todo <= 0:
-        echo(f"{have} masks already at alpha={alpha} (wanted {runs}); nothing to do")
+    draws, reps = missing_draws(done_draws(db, alpha), runs, repeats)
+    have = runs - len(np.unique(draws))
+    if len(draws) == 0:
+        echo(f"draws 0..{runs - 1} are all at alpha={alpha} (wanted {runs}); nothing to do")
         return TrainReport(runs, have, 0, 0.0, float("nan"))
-    draws = np.repeat(np.arange(next_draw, next_draw + todo), repeats)
-    reps = np.tile(np.arange(repeats), todo)
-    masks = np.repeat(draw_masks(exp.seed, alpha, np.arange(next_draw, next_draw + todo),
-                                 exp.n_train), repeats, axis=0)
-    seeds = run_seeds(exp.seed if seed is None else seed, draws, reps)
+    masks, seeds = drawn_runs(exp.seed, seed, alpha, draws, reps, exp.n_train)
     infos = [{"draw": int(d), "repeat": int(r), "device": device} | (
         {"options": recorded} if recorded else {}) for d, r in zip(draws, reps, strict=True)]
-    echo(f"training {todo} mask(s) x {repeats} seed(s) at alpha={alpha} with {model.name} "
-         f"({have} mask(s) already there)")
+    echo(f"training {runs - have} mask(s) x {repeats} seed(s) at alpha={alpha} with "
+         f"{model.name} ({have} mask(s) already there; draws 0..{runs - 1} wanted)")
     start = time.perf_counter()
     interrupted = False
     margins = np.zeros((0, exp.n_targets), np.float32)
+    before = len(done_draws(db, alpha))
     try:
         margins = train_runs(db, model, masks, seeds, alpha=alpha, infos=infos,
-                             progress=progress)
+                             identity=Identity(db.fingerprint, draws, reps), progress=progress)
     except KeyboardInterrupt:
         interrupted = True
     seconds = time.perf_counter() - start
-    now, _ = existing_draws(db, alpha)
-    trained = (now - have) * repeats
+    trained = len(done_draws(db, alpha)) - before
     acc = float((margins > 0).mean()) if len(margins) else float("nan")
     return TrainReport(runs, have, trained, seconds, acc, interrupted)
