@@ -101,19 +101,34 @@ def init(db: str, train_size: int | None, targets: int | None, dataset: str | No
 @click.option("--masks-key", default="masks", show_default=True, help="Store key of the masks.")
 @click.option("--margins-key", default="margins", show_default=True,
               help="Store key of the margins.")
+@click.option("--follow", type=float, metavar="SECONDS",
+              help="Keep ingesting new shards of the folder every SECONDS (workers still "
+              "writing) until Ctrl-C, or until --runs draws are in.")
+@click.option("--runs", type=int, help="With --follow and --alpha: stop once draws 0..RUNS-1 "
+              "are in.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @reports_errors
 def ingest(db: str, sources: tuple[Path, ...], masks_path: Path | None, margins_path: Path | None,
-           alpha: float | None, masks_key: str, margins_key: str, quiet: bool) -> None:
+           alpha: float | None, masks_key: str, margins_key: str, follow: float | None,
+           runs: int | None, quiet: bool) -> None:
     """Add runs to DB from shard files, npy matrices or an authors' store.
 
     SOURCES are Parquet / Arrow IPC shard files in the run schema, folders of
     them, or store folders (a folder holding _completed.npy with one <key>.npy
     memmap per key). Alternatively give --masks and --margins .npy files.
-    Ingesting the same runs again adds nothing.
+    Ingesting the same runs again adds nothing, and shards already ingested are
+    skipped, so it can run while workers are still writing.
     """
+    from dmdb.ingest import follow as follow_folder
     from dmdb.ingest import ingest_paths
 
+    if follow is not None:
+        if len(sources) != 1 or masks_path is not None:
+            raise UsageError("--follow takes one shard folder")
+        total = follow_folder(connect_db(db), sources[0], every=follow, runs=runs, alpha=alpha,
+                              progress=not quiet, echo=click.echo)
+        click.echo(f"ingested {total.n_new} new run(s) in all")
+        return
     result = ingest_paths(
         db, list(sources), masks=masks_path, margins=margins_path, alpha=alpha,
         masks_key=masks_key, margins_key=margins_key, progress=not quiet,
@@ -197,37 +212,94 @@ def parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
     return options
 
 
+def connect_db(db: str, read_only: bool = False) -> Any:
+    """Open DB (the library's dmdb.connect), imported only when a command runs."""
+    from dmdb.db import connect
+
+    return connect(db, read_only=read_only)
+
+
+def trainer_options(fn: F) -> F:
+    """The options that say how runs are trained (train, spec)."""
+    for option in reversed([
+        click.option("--trainer", help="mlp, cifar10, fmow, or a plug-in package.module:function "
+                     "(default: the dataset's trainer)."),
+        click.option("--device", default="cpu", show_default=True, help="cpu or cuda."),
+        click.option("--batch-models", type=int,
+                     help="Runs per trainer call (mlp: models trained as one computation)."),
+        click.option("--seed", type=int,
+                     help="Base of the model seeds (default: the experiment seed)."),
+        click.option("--repeats", type=int, default=1, show_default=True,
+                     help="Models per mask, with different seeds (they share a mask_id)."),
+        click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+                     help="A trainer option (repeatable), e.g. --set epochs=20."),
+        click.option("--config", type=click.Path(dir_okay=False),
+                     help="Trainer options from a JSON or TOML file (--set wins)."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
 @cli.command()
-@db_argument
-@click.option("--runs", type=int, required=True, help="Total masks wanted at this alpha.")
-@click.option("--alpha", type=float, required=True, help="Subset fraction, in (0, 1].")
-@click.option("--trainer", help="mlp, cifar10, fmow, or a plug-in package.module:function "
-              "(default: the dataset's trainer).")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option("--batch-models", type=int,
-              help="Runs per trainer call (mlp: models trained as one computation).")
-@click.option("--seed", type=int, help="Base of the model seeds (default: the experiment seed).")
-@click.option("--repeats", type=int, default=1, show_default=True,
-              help="Models per mask, with different seeds (they share a mask_id).")
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="A trainer option (repeatable), e.g. --set epochs=20.")
-@click.option("--config", type=click.Path(dir_okay=False),
-              help="Trainer options from a JSON or TOML file (--set wins).")
+@click.argument("db", type=click.Path(dir_okay=False), required=False)
+@click.option("--runs", type=int, required=True, help="Draws 0..RUNS-1 wanted at this alpha.")
+@click.option("--alpha", type=float, help="Subset fraction, in (0, 1] (from --spec if given).")
+@trainer_options
+@click.option("--spec", "spec_path", type=click.Path(dir_okay=False),
+              help="A spec from `dmdb spec`: train without opening any database.")
+@click.option("--shard-dir", type=click.Path(file_okay=False),
+              help="With --spec: write Arrow shards here (for `dmdb ingest DB DIR`).")
+@click.option("--worker-index", type=int, default=0, show_default=True,
+              help="This worker's index i: it trains the draws d with d % W == i.")
+@click.option("--num-workers", type=int, default=1, show_default=True,
+              help="W, the number of workers sharing the draws.")
+@click.option("--shard-runs", type=int, default=256, show_default=True,
+              help="Runs per shard file.")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True, help="Train here, or as Ray tasks (the driver writes DB).")
+@click.option("--address", help="--backend ray: auto or HOST:PORT of a running cluster "
+              "(default: start a local one on 127.0.0.1).")
+@click.option("--runs-per-task", type=int, default=64, show_default=True,
+              help="--backend ray: draws per task.")
+@click.option("--gpus-per-task", type=float, default=0, show_default=True)
+@click.option("--cpus-per-task", type=float, default=1, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @reports_errors
-def train(db: str, runs: int, alpha: float, trainer: str | None, device: str,
+def train(db: str | None, runs: int, alpha: float | None, trainer: str | None, device: str,
           batch_models: int | None, seed: int | None, repeats: int, settings: tuple[str, ...],
-          config: str | None, quiet: bool) -> None:
-    """Train models on random alpha-subsets until DB holds RUNS masks at ALPHA.
+          config: str | None, spec_path: str | None, shard_dir: str | None, worker_index: int,
+          num_workers: int, shard_runs: int, backend: str, address: str | None,
+          runs_per_task: int, gpus_per_task: float, cpus_per_task: float, quiet: bool) -> None:
+    """Train models on random alpha-subsets until DB holds draws 0..RUNS-1 at ALPHA.
 
-    Masks are Bernoulli(alpha), drawn reproducibly from the experiment seed. Runs
-    stream into DB as they finish; running the command again continues where it
-    stopped. Ctrl-C saves what has been trained.
+    Masks are Bernoulli(alpha), drawn reproducibly from the experiment seed and the
+    draw index. Runs stream into DB as they finish; running the command again
+    trains only the missing draws. Ctrl-C saves what has been trained.
+
+    On a cluster: `dmdb spec DB --out spec.json`, then each job-array task runs
+    `dmdb train --spec spec.json --runs K --shard-dir DIR --worker-index i
+    --num-workers W` (no database), and `dmdb ingest DB DIR` loads the shards.
+    Or `dmdb train DB --runs K --alpha A --backend ray`.
     """
+    if spec_path is not None and db is None:
+        return _train_worker(spec_path, runs, shard_dir, worker_index, num_workers,
+                             shard_runs, quiet)
+    if db is None:
+        raise UsageError("give DB, or --spec SPEC with --shard-dir DIR for a worker")
+    if shard_dir is not None:
+        raise UsageError("--shard-dir is for workers: give --spec without DB")
     from dmdb.db import connect
+
+    database = connect(db)
+    if backend == "ray":
+        return _train_ray(database, spec_path, runs, alpha, trainer, device, batch_models, seed,
+                          repeats, settings, config, address, runs_per_task, gpus_per_task,
+                          cpus_per_task, quiet)
+    if alpha is None:
+        raise UsageError("--alpha is required")
     from dmdb.training import train as train_models
 
-    report = train_models(connect(db), runs=runs, alpha=alpha, trainer=trainer, device=device,
+    report = train_models(database, runs=runs, alpha=alpha, trainer=trainer, device=device,
                           batch_models=batch_models, seed=seed, repeats=repeats,
                           options=parse_options(settings), config=config, progress=not quiet,
                           echo=click.echo)
@@ -239,6 +311,77 @@ def train(db: str, runs: int, alpha: float, trainer: str | None, device: str,
         click.echo("interrupted: the runs trained so far are saved; run again to continue",
                    err=True)
         sys.exit(130)
+
+
+def _train_worker(spec_path: str, runs: int, shard_dir: str | None, worker_index: int,
+                  num_workers: int, shard_runs: int, quiet: bool) -> None:
+    from dmdb.cluster import Spec, check_worker_args, train_worker
+
+    if shard_dir is None:
+        raise UsageError("a worker (--spec without DB) needs --shard-dir DIR")
+    check_worker_args(runs, worker_index, num_workers)
+    report = train_worker(Spec.load(spec_path), runs=runs, shard_dir=shard_dir,
+                          worker_index=worker_index, num_workers=num_workers,
+                          shard_runs=shard_runs, progress=not quiet, echo=click.echo)
+    rate = report.trained / max(report.seconds, 1e-9)
+    click.echo(f"worker {report.worker_index}/{report.num_workers}: trained {report.trained} "
+               f"run(s) ({rate:.1f} models/s) into {len(report.shards)} shard(s); "
+               f"{report.already} were already in complete shards")
+
+
+def _train_ray(database: Any, spec_path: str | None, runs: int, alpha: float | None,
+               trainer: str | None, device: str, batch_models: int | None, seed: int | None,
+               repeats: int, settings: tuple[str, ...], config: str | None,
+               address: str | None, runs_per_task: int, gpus_per_task: float,
+               cpus_per_task: float, quiet: bool) -> None:
+    from dmdb.cluster import Spec, make_spec, train_ray
+
+    if spec_path is not None:
+        spec = Spec.load(spec_path)
+    else:
+        if alpha is None:
+            raise UsageError("--alpha is required")
+        spec = make_spec(database, alpha=alpha, trainer=trainer, options=parse_options(settings),
+                         config=config, device=device, repeats=repeats, seed=seed,
+                         batch_models=batch_models)
+    report = train_ray(database, spec, runs=runs, address=address, runs_per_task=runs_per_task,
+                       gpus_per_task=gpus_per_task, cpus_per_task=cpus_per_task,
+                       progress=not quiet, echo=click.echo)
+    rate = report.landed / max(report.seconds, 1e-9)
+    click.echo(f"landed {report.landed} run(s) from {report.tasks} Ray task(s) in "
+               f"{report.seconds:.1f}s ({rate:.1f} models/s; Ray start-up "
+               f"{report.startup_seconds:.1f}s)")
+    if report.interrupted:
+        click.echo("interrupted: the runs landed so far are saved; run again to continue",
+                   err=True)
+        sys.exit(130)
+
+
+@cli.command()
+@db_argument
+@click.option("--alpha", type=float, required=True, help="Subset fraction, in (0, 1].")
+@trainer_options
+@click.option("--out", type=click.Path(dir_okay=False), required=True,
+              help="Where to write the spec (JSON).")
+@reports_errors
+def spec(db: str, alpha: float, trainer: str | None, device: str, batch_models: int | None,
+         seed: int | None, repeats: int, settings: tuple[str, ...], config: str | None,
+         out: str) -> None:
+    """Write what a worker needs to train DB's runs at ALPHA, so it never opens DB.
+
+    The spec holds the experiment (N, M, seed, dataset, splits, fingerprint), the
+    trainer and its resolved options (data paths on shared storage), alpha and a
+    hash of all of that. Shards that workers make from it carry the fingerprint.
+    """
+    from dmdb.cluster import make_spec
+    from dmdb.db import connect
+
+    made = make_spec(connect(db, read_only=True), alpha=alpha, trainer=trainer,
+                     options=parse_options(settings), config=config, device=device,
+                     repeats=repeats, seed=seed, batch_models=batch_models)
+    path = made.save(out)
+    click.echo(f"wrote {path}: trainer {made.trainer}, alpha {made.alpha}, experiment "
+               f"fingerprint {made.fingerprint[:16]}")
 
 
 @cli.command()

@@ -9,6 +9,7 @@ command-line paths (shards, npy matrices, authors' stores) into a Source first.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from dmdb.errors import InputError, UsageError
 from dmdb.resources import sql_text
 from dmdb.runs import check_alpha, complete, validate
 from dmdb.sources import (
+    SHARD_SUFFIXES,
     ArrowSource,
     MultiSource,
     NpySource,
@@ -305,3 +307,42 @@ def ingest_paths(
     result = ingest(database, source, progress=progress)
     result.warnings += warnings
     return result
+
+
+def follow(
+    db: Database, folder: Path, *, every: float, runs: int | None = None,
+    alpha: float | None = None, progress: bool = False, echo: Any = print,
+    stop: Any = None,
+) -> IngestResult:
+    """Ingest a shard folder again every ``every`` seconds, while workers write to it.
+
+    Only shards not yet ingested are read, and half-written ``.tmp`` files never are.
+    Stops on Ctrl-C, or once draws 0..runs-1 are all in at ``alpha`` when both are
+    given (``stop``, a callable, is a test's way to end it).
+    """
+    if every <= 0:
+        raise UsageError(f"--follow takes a positive number of seconds, got {every}")
+    if (runs is None) != (alpha is None) and runs is not None:
+        raise UsageError("--follow --runs K needs --alpha A (the draws' subset fraction)")
+    total = IngestResult()
+    try:
+        while True:
+            if folder.is_dir() and any(p.suffix in SHARD_SUFFIXES for p in folder.iterdir()):
+                result = ingest_paths(db, [folder], progress=progress)
+                total.n_new += result.n_new
+                total.n_skipped += result.n_skipped
+                if result.n_new:
+                    echo(f"ingested {result.n_new} new run(s)")
+            if runs is not None and alpha is not None and _draws_in(db, alpha, runs) >= runs:
+                return total
+            if stop is not None and stop():
+                return total
+            time.sleep(every)
+    except KeyboardInterrupt:
+        return total
+
+
+def _draws_in(db: Database, alpha: float, runs: int) -> int:
+    rows = db.sql("SELECT count(DISTINCT draw) FROM runs WHERE draw BETWEEN 0 AND ? - 1 "
+                  "AND split <> 'verify' AND abs(alpha - ?) < 1e-9", [runs, alpha])
+    return int(rows.column(0)[0].as_py())
