@@ -714,3 +714,7 @@ def main() -> None:
 
 
 __all__ = ["cli", "main", "np", "InputError"]
+
+
+if __name__ == "__main__":
+    main()

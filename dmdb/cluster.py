@@ -315,19 +315,26 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> tuple[Any, bo
     Without an address a local cluster starts on 127.0.0.1 only, with no dashboard,
     and its workers see the driver's ``sys.path`` (so plug-in trainers import there).
     """
+    if address is None:
+        # Ray resolves 127.0.0.1 to the machine's outward address unless told that this
+        # is a single-node cluster; a local cluster must talk over loopback only.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray = _require_ray()
     t0 = time.perf_counter()
+    if address not in (None, "auto"):
+        check_address(address)
     if ray.is_initialized():
         return ray, False, 0.0
     try:
         if address is None:
+            from ray._private import ray_constants
+
+            ray_constants.ENABLE_RAY_CLUSTER = False  # already imported: same setting
             pythonpath = os.pathsep.join(p for p in sys.path if p)
             ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                      _node_ip_address="127.0.0.1", log_to_driver=False,
                      runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
             return ray, True, time.perf_counter() - t0
-        if address != "auto":
-            check_address(address)
         ray.init(address=address, log_to_driver=False)
     except ConnectionError as e:
         raise UsageError(f"cannot connect to Ray at {address}: {str(e).splitlines()[0]}") \
