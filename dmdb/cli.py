@@ -283,7 +283,7 @@ def train(db: str | None, runs: int, alpha: float | None, trainer: str | None, d
     """
     if spec_path is not None and db is None:
         return _train_worker(spec_path, runs, shard_dir, worker_index, num_workers,
-                             shard_runs, quiet)
+                             shard_runs, device, quiet)
     if db is None:
         raise UsageError("give DB, or --spec SPEC with --shard-dir DIR for a worker")
     if shard_dir is not None:
@@ -314,13 +314,18 @@ def train(db: str | None, runs: int, alpha: float | None, trainer: str | None, d
 
 
 def _train_worker(spec_path: str, runs: int, shard_dir: str | None, worker_index: int,
-                  num_workers: int, shard_runs: int, quiet: bool) -> None:
+                  num_workers: int, shard_runs: int, device: str, quiet: bool) -> None:
+    import dataclasses
+
     from dmdb.cluster import Spec, check_worker_args, train_worker
 
     if shard_dir is None:
         raise UsageError("a worker (--spec without DB) needs --shard-dir DIR")
     check_worker_args(runs, worker_index, num_workers)
-    report = train_worker(Spec.load(spec_path), runs=runs, shard_dir=shard_dir,
+    spec = Spec.load(spec_path)
+    if device != "cpu":  # the spec is often written on a CPU login node
+        spec = dataclasses.replace(spec, device=device, spec_hash="")
+    report = train_worker(spec, runs=runs, shard_dir=shard_dir,
                           worker_index=worker_index, num_workers=num_workers,
                           shard_runs=shard_runs, progress=not quiet, echo=click.echo)
     rate = report.trained / max(report.seconds, 1e-9)
