@@ -31,23 +31,6 @@ SIMILARITY_BLOCK = 8_000_000
 
 # -- leakage -----------------------------------------------------------------------------
 
-_LEAKAGE_SQL = """
-SELECT
-    c.fit_id, c.rank, c.target_idx, c.train_idx, c.weight, c.share,
-    t.label AS target_label,
-    e.label AS train_label,
-    t.label = e.label AS same_label,
-    CASE WHEN len(t.pixels) = len(e.pixels) THEN list_distance(t.pixels, e.pixels) END
-        AS pixel_distance
-FROM leakage_candidates c
-JOIN targets t USING (target_idx)
-JOIN train_examples e USING (train_idx)
-WHERE c.fit_id = ?
-ORDER BY c.rank
-LIMIT ?
-"""
-
-
 def leakage(db: Database, fit_id: int | None = None, top: int = 50) -> pa.Table:
     """The strongest train-test leakage candidates of a fit, with pixel distances.
 
@@ -73,9 +56,8 @@ def leakage(db: Database, fit_id: int | None = None, top: int = 50) -> pa.Table:
     fit = resolve_fit(db, fit_id)
     if isinstance(top, bool) or not isinstance(top, int | np.integer) or top < 1:
         raise UsageError(f"--top must be a positive integer, got {top!r}")
-    # connection(), not db.sql(): it installs the views into a file made by an older dmdb
-    with db.connection() as con:
-        return con.sql(_LEAKAGE_SQL, params=[fit, int(top)]).to_arrow_table()
+    return db.sql("SELECT * FROM leakage_pairs WHERE fit_id = ? ORDER BY rank LIMIT ?",
+                  [fit, int(top)])
 
 
 # -- embeddings --------------------------------------------------------------------------
