@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from dmdb.errors import DmdbError, InputError, UsageError
+from dmdb.lasso_params import DTYPES, SOLVERS, LassoParams
 from dmdb.version import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -394,28 +395,31 @@ def spec(db: str, alpha: float, trainer: str | None, device: str, batch_models: 
 @click.option("--alpha", type=float, help="Use only runs drawn at this subset fraction.")
 @click.option("--max-fit-runs", type=int, help="Use only the first K fit runs (learning curves).")
 @click.option("--target-range", metavar="LO:HI", help="Fit only targets LO..HI-1.")
-@click.option("--solver", type=click.Choice(["fast", "reference"]), default="fast",
+@click.option("--solver", type=click.Choice(SOLVERS), default=LassoParams.solver,
               show_default=True, help="Batched torch FISTA, or the per-target reference.")
-@click.option("--n-lambdas", type=int, default=40, show_default=True,
+@click.option("--n-lambdas", type=int, default=LassoParams.n_lambdas, show_default=True,
               help="Values on each target's λ path.")
-@click.option("--lambda-ratio", type=float, default=1e-2, show_default=True,
+@click.option("--lambda-ratio", type=float, default=LassoParams.lambda_ratio, show_default=True,
               help="Smallest λ as a fraction of λ_max.")
-@click.option("--tol", type=float, default=1e-4, show_default=True,
+@click.option("--tol", type=float, default=LassoParams.tol, show_default=True,
               help="Duality gap at which a λ counts as solved, over the centred "
-              "margins' mean square (scikit-learn's rule).")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
+              "margins' mean square (scikit-learn's rule; both solvers).")
+@click.option("--max-iter", type=int, default=LassoParams.max_iter, show_default=True,
+              help="Most iterations per λ (FISTA steps, or sweeps of the reference solver).")
+@click.option("--device", default=LassoParams.device, show_default=True, help="cpu or cuda.")
+@click.option("--dtype", type=click.Choice(DTYPES), default=LassoParams.dtype,
               show_default=True)
-@click.option("--threads", type=int, help="torch CPU threads (1 can beat 2 under contention).")
-@click.option("--no-early-stopping", is_flag=True,
+@click.option("--threads", "n_threads", type=int,
+              help="torch CPU threads (1 can beat 2 under contention).")
+@click.option("--no-early-stopping", "early_stopping", flag_value=False,
+              default=LassoParams.early_stopping,
               help="Solve every λ even after validation error has risen.")
-@click.option("--gram-free", is_flag=True,
+@click.option("--gram-free", "gram", flag_value=False, default=LassoParams.gram,
               help="Do not hold the N x N Gram (for very large N; 10-20x slower).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @reports_errors
 def fit(db: str, alpha: float | None, max_fit_runs: int | None, target_range: str | None,
-        solver: str, n_lambdas: int, lambda_ratio: float, tol: float, device: str, dtype: str,
-        threads: int | None, no_early_stopping: bool, gram_free: bool, quiet: bool) -> None:
+        quiet: bool, **options: Any) -> None:
     """Fit a sparse linear datamodel for every target of DB and store it as a new fit.
 
     Each target's L1 penalty is chosen on the validation runs from a path of
@@ -425,11 +429,10 @@ def fit(db: str, alpha: float | None, max_fit_runs: int | None, target_range: st
     from dmdb.db import connect
     from dmdb.fitting import fit as fit_db
 
+    # The options above carry the estimator's parameter names (dmdb.lasso_params),
+    # so they pass through as they are.
     report = fit_db(connect(db), alpha=alpha, max_fit_runs=max_fit_runs,
-                    target_range=target_range, solver=solver, n_lambdas=n_lambdas,
-                    lambda_ratio=lambda_ratio, tol=tol, device=device, dtype=dtype,
-                    n_threads=threads, early_stopping=not no_early_stopping, gram=not gram_free,
-                    progress=not quiet, echo=click.echo)
+                    target_range=target_range, progress=not quiet, echo=click.echo, **options)
     click.echo(f"fit {report.fit_id}: {report.n_targets} targets, mean LDS (test Spearman) "
                f"{report.mean_lds:.3f}, mean non-zeros {report.mean_nnz:.1f}, "
                f"{report.seconds:.1f}s")

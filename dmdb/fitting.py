@@ -24,14 +24,13 @@ from dmdb.catalog import list_fits as list_fits
 from dmdb.catalog import load_fit as load_fit
 from dmdb.catalog import resolve_fit as resolve_fit
 from dmdb.db import Database
-from dmdb.devices import resolve_device
 from dmdb.errors import FitError, UsageError
-from dmdb.lasso import DatamodelLasso, GramStats
+from dmdb.lasso import DatamodelLasso
+from dmdb.lasso_params import LassoParams
 from dmdb.metrics import correlations as correlations
 
 # The fewest runs per split a fit accepts: enough to pick λ and to rank test runs.
 MIN_RUNS = {"fit": 10, "val": 2, "test": 3}
-CHUNK_RUNS = 4096
 
 
 @dataclass
@@ -90,29 +89,47 @@ def select_runs(
 
 def fit(
     db: Database,
+    estimator: LassoParams | None = None,
     *,
     alpha: float | None = None,
     max_fit_runs: int | None = None,
     target_range: str | tuple[int, int] | None = None,
-    solver: str = "fast",
-    n_lambdas: int = 40,
-    lambda_ratio: float = 1e-2,
-    tol: float = 1e-4,
-    max_iter: int = 2000,
-    device: str = "cpu",
-    dtype: str = "float32",
-    n_threads: int | None = None,
-    early_stopping: bool = True,
-    gram: bool = True,
     learning_curve_of: int | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    **options: Any,
 ) -> FitReport:
     """Fit a datamodel for every target (or a range of them) and store it as a new fit.
 
-    ``learning_curve_of`` marks a refit on fewer runs made for another fit's
-    learning curve: it is recorded in the parameters, and :func:`latest_fit` skips it.
-    Nothing is written unless the whole fit succeeds.
+    Parameters
+    ----------
+    db : Database
+    estimator : DatamodelLasso or LassoParams, optional
+        Whose parameters to fit with (it is not fitted itself, as with
+        scikit-learn's ``clone``); default: the defaults of :class:`LassoParams`.
+    alpha : float, optional
+        Use only runs drawn at this subset fraction.
+    max_fit_runs : int, optional
+        Use only the first K fit runs (learning curves).
+    target_range : "LO:HI" or (lo, hi), optional
+        Fit only these targets.
+    learning_curve_of : int, optional
+        Marks a refit on fewer runs made for another fit's learning curve: it is
+        recorded in the parameters, and :func:`latest_fit` skips it.
+    progress : bool
+        Show a progress bar over the path.
+    echo : callable(str)
+        Where the one-line summary of what is fitted goes.
+    **options
+        Any parameter of :class:`LassoParams` (``solver``, ``tol``, ``max_iter``,
+        ``device``, ...), over the estimator's.
+
+    Returns
+    -------
+    FitReport
+
+    Nothing is written unless the whole fit succeeds. ``fits.parameters`` records
+    the estimator's ``get_params()`` and what the fit itself adds (see :func:`fit_parameters`).
     """
     started = time.perf_counter()
     exp = db.experiment
@@ -120,65 +137,68 @@ def fit(
               else parse_target_range(target_range, exp.n_targets))
     if not 0 <= lo < hi <= exp.n_targets:
         raise UsageError(f"--target-range {lo}:{hi} is outside the targets 0:{exp.n_targets}")
-    estimator = DatamodelLasso(
-        solver=solver, n_lambdas=n_lambdas, lambda_ratio=lambda_ratio, tol=tol,
-        max_iter=max_iter, device=device, dtype=dtype, n_threads=n_threads,
-        early_stopping=early_stopping, gram=gram, copy_gram=False, progress=progress,
-    )
-    estimator._check_params()
-    torch_device = resolve_device(device)
+    params = (estimator.get_params() if estimator is not None else {}) | options
+    # The statistics are this fit's own, so the Gram may overwrite their counts.
+    est = DatamodelLasso(**(params | {"copy_gram": False, "progress": progress}))
     runs = select_runs(db, alpha, max_fit_runs)
     echo(f"fitting targets {lo}:{hi} on {len(runs['fit'])} fit / {len(runs['val'])} val / "
-         f"{len(runs['test'])} test runs with the {solver} solver on {device}")
+         f"{len(runs['test'])} test runs with the {est.solver} solver on {est.device}")
 
     def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for _, masks, margins in db.iter_runs(run_ids=runs["fit"], chunk_runs=CHUNK_RUNS):
+        for _, masks, margins in db.iter_runs(run_ids=runs["fit"], chunk_runs=est.chunk_size):
             yield masks, margins[:, lo:hi]
 
-    t0 = time.perf_counter()
-    stats = GramStats(exp.n_train, hi - lo, gram=gram, device=torch_device)
-    total = np.zeros(hi - lo)
-    total_sq = np.zeros(hi - lo)
-    first: np.ndarray | None = None
-    for masks, margins in chunks():
-        stats.add(masks, margins)
-        first = margins[0].astype(np.float64) if first is None else first
-        centred = margins - first
-        total += centred.sum(axis=0)
-        total_sq += (centred.astype(np.float64) ** 2).sum(axis=0)
-    n = len(runs["fit"])
-    var = total_sq / n - (total / n) ** 2
-    constant = np.flatnonzero(var <= 1e-12 * (1 + np.abs(first if first is not None else 0)) ** 2)
+    stats = est.read_stats(chunks)
+    constant = stats.constant_targets()
     if len(constant):
         raise FitError(
-            f"target {lo + int(constant[0])} has the same margin in all {n} fit runs; "
-            "a datamodel cannot be fitted to a constant (exclude it with --target-range)"
+            f"target {lo + int(constant[0])} has the same margin in all {stats.n_runs} fit "
+            "runs; a datamodel cannot be fitted to a constant (exclude it with --target-range)"
         )
-    stats_seconds = time.perf_counter() - t0
     _, x_val, y_val = db.load_runs(run_ids=runs["val"])
-    estimator.fit_stats(stats, x_val, y_val[:, lo:hi], chunks if not gram else None)
+    est.fit_stats(stats, x_val, y_val[:, lo:hi], chunks if not est.gram else None)
     del stats
-    coef = estimator.coef_
-    test_mse, pearson, spearman = evaluate_fit(db, estimator.intercept_, coef, runs["test"], lo)
-    timings = dict(estimator.timings_) | {"stats": stats_seconds}
-    params = {
-        "solver": solver, "n_lambdas": n_lambdas, "lambda_ratio": lambda_ratio, "tol": tol,
-        # What tol bounds (fits recorded without this key stopped at gap / primal <= tol).
-        "stopping": "duality gap <= tol * mean(centred margin^2)",
-        "max_iter": max_iter, "dtype": dtype, "n_threads": n_threads,
-        "early_stopping": early_stopping, "gram": gram, "max_fit_runs": max_fit_runs,
-        "timings": timings,
-    }
-    if learning_curve_of is not None:
-        params["learning_curve_of"] = int(learning_curve_of)
+    test_mse, pearson, spearman = evaluate_fit(db, est.intercept_, est.coef_, runs["test"], lo)
+    recorded = fit_parameters(est, max_fit_runs=max_fit_runs, learning_curve_of=learning_curve_of)
     wall = time.perf_counter() - started
-    fit_id = _write_fit(db, runs, lo, hi, estimator, coef, test_mse, pearson, spearman,
-                        alpha=alpha, solver=solver, device=device, params=params, wall=wall)
+    fit_id = _write_fit(db, runs, lo, hi, est, est.coef_, test_mse, pearson, spearman,
+                        alpha=alpha, solver=est.solver, device=est.device, params=recorded,
+                        wall=wall)
     return FitReport(
         fit_id=fit_id, n_fit=len(runs["fit"]), n_val=len(runs["val"]), n_test=len(runs["test"]),
         n_targets=hi - lo, mean_lds=float(np.nanmean(spearman)) if np.isfinite(spearman).any()
-        else float("nan"), mean_nnz=float(estimator.nnz_.mean()), seconds=wall, timings=timings,
+        else float("nan"), mean_nnz=float(est.nnz_.mean()), seconds=wall,
+        timings=dict(est.timings_),
     )
+
+
+def fit_parameters(
+    est: DatamodelLasso, *, max_fit_runs: int | None, learning_curve_of: int | None
+) -> dict[str, Any]:
+    """What ``fits.parameters`` records: ``est.get_params()`` and what the fit adds.
+
+    The added keys: ``stopping`` (what ``tol`` bounds; fits recorded without it
+    stopped at gap / primal <= tol), ``max_fit_runs``, ``timings`` and, for a
+    learning-curve refit, ``learning_curve_of``. Users' SQL reads these keys.
+    """
+    params = est.get_params() | {
+        "stopping": "duality gap <= tol * mean(centred margin^2)",
+        "max_fit_runs": max_fit_runs,
+        "timings": dict(est.timings_),
+    }
+    if learning_curve_of is not None:
+        params["learning_curve_of"] = int(learning_curve_of)
+    return params
+
+
+def recorded_options(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The fit options in a fit's recorded ``parameters``, for a refit on other runs.
+
+    Only :class:`LassoParams` names are kept, and not ``device`` or ``progress``:
+    where and how visibly a refit runs is its caller's choice.
+    """
+    names = set(LassoParams.param_names()) - {"device", "progress"}
+    return {k: v for k, v in parameters.items() if k in names}
 
 
 def _write_fit(

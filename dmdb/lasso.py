@@ -33,21 +33,21 @@ import torch
 
 from dmdb.devices import resolve_device, torch_threads
 from dmdb.errors import FitError, InputError, UsageError
-from dmdb.lasso_solvers import (
+from dmdb.lasso_params import LassoParams
+from dmdb.lasso_reference import reference_path
+from dmdb.lasso_solvers import FastPath
+from dmdb.lasso_stats import (
     ChunkSource,
-    GramOperator,
+    GramStats,
     PathResult,
-    StreamOperator,
-    fista_path,
+    PathSolver,
+    StandardProblem,
     lambda_grid,
-    reference_path,
 )
-from dmdb.lasso_stats import GramStats, StandardProblem
 
-__all__ = ["DatamodelLasso", "GramStats", "StandardProblem", "array_chunks"]
+__all__ = ["DatamodelLasso", "GramStats", "LassoParams", "StandardProblem", "array_chunks"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
-_SOLVERS = ("fast", "reference")
 
 
 def array_chunks(
@@ -75,44 +75,14 @@ def array_chunks(
     return chunks
 
 
-class DatamodelLasso:
+class DatamodelLasso(LassoParams):
     """Per-target Lasso path with λ chosen on validation runs, in mask space.
 
-    Parameters
-    ----------
-    solver : {"fast", "reference"}, default "fast"
-        Batched torch FISTA, or per-target numpy coordinate descent (oracle).
-    n_lambdas : int, default 40
-        Length K of each target's λ path (at least 2).
-    lambda_ratio : float, default 1e-2
-        Smallest λ as a fraction of λ_max, in (0, 1).
-    tol : float, default 1e-4
-        Duality gap ``P - D`` at which a λ counts as solved, as a fraction of
-        ``||y_c||²/n`` (scikit-learn's rule: it bounds ``P - P*`` by that much).
-    max_iter : int, default 2000
-        Most FISTA steps per λ (the reference solver: CD sweeps per λ).
-    device : str, default "cpu"
-        "cpu" or "cuda[:k]" for the fast solver.
-    dtype : {"float32", "float64"}, default "float32"
-        Working precision of the fast solver (statistics are always float64).
-    n_threads : int, optional
-        torch CPU threads during ``fit`` (restored afterwards).
-    early_stopping : bool, default True
-        Stop a target's path once validation MSE has not improved for
-        ``patience`` consecutive λ (fast solver only).
-    patience : int, default 5
-    gram : bool, default True
-        Hold the N x N Gram (``4 N²`` bytes). False streams the fit runs at
-        every FISTA step: correct but 10-20x slower.
-    target_batch : int, optional
-        Most targets in the FISTA batch at once (bounds working memory).
-    chunk_size : int, default 4096
-        Runs per chunk when building statistics from arrays.
-    copy_gram : bool, default True
-        False lets ``fit_stats`` overwrite the stats' int32 counts with the
-        float32 Gram, halving peak memory; the stats are then consumed.
-    progress : bool, default False
-        Show a tqdm bar over the (target, λ) steps.
+    The parameters are those of :class:`~dmdb.lasso_params.LassoParams` (solver,
+    n_lambdas, lambda_ratio, tol, max_iter, device, dtype, n_threads,
+    early_stopping, patience, gram, target_batch, chunk_size, copy_gram,
+    progress), declared there once. As in scikit-learn, ``__init__`` only stores
+    them; every ``fit*`` validates them, and :meth:`get_params` returns them.
 
     Attributes
     ----------
@@ -128,48 +98,19 @@ class DatamodelLasso:
         Non-zero weights per target.
     n_iter_ : int64 array of shape (M,)
         Solver iterations per target over its path.
+    n_capped_ : int
+        (target, λ) steps that stopped at ``max_iter`` above ``tol``.
     gap_ : float64 array of shape (M,)
         Duality gap at the chosen λ over ``||y_c||²/n``.
     lambdas_ : float64 array of shape (M, n_lambdas)
         Each target's λ grid.
+    device_ : torch.device
+        The device ``device`` named, resolved once per fit.
     n_fit_runs_, n_val_runs_ : int
     timings_ : dict
-        Seconds spent on "stats", "gram" (standardising), "solve".
+        Seconds spent on "gram" (standardising), "solve" and "stats" (reading
+        the fit runs into statistics; 0 for :meth:`fit_stats` on stats built by hand).
     """
-
-    def __init__(
-        self,
-        solver: str = "fast",
-        n_lambdas: int = 40,
-        lambda_ratio: float = 1e-2,
-        tol: float = 1e-4,
-        max_iter: int = 2000,
-        device: str = "cpu",
-        dtype: str = "float32",
-        n_threads: int | None = None,
-        early_stopping: bool = True,
-        patience: int = 5,
-        gram: bool = True,
-        target_batch: int | None = None,
-        chunk_size: int = 4096,
-        copy_gram: bool = True,
-        progress: bool = False,
-    ) -> None:
-        self.solver = solver
-        self.n_lambdas = n_lambdas
-        self.lambda_ratio = lambda_ratio
-        self.tol = tol
-        self.max_iter = max_iter
-        self.device = device
-        self.dtype = dtype
-        self.n_threads = n_threads
-        self.early_stopping = early_stopping
-        self.patience = patience
-        self.gram = gram
-        self.target_batch = target_batch
-        self.chunk_size = chunk_size
-        self.copy_gram = copy_gram
-        self.progress = progress
 
     # ------------------------------------------------------------------ fit entries
 
@@ -189,14 +130,16 @@ class DatamodelLasso:
         -------
         self
         """
-        self._check_params()
+        self._start()
         x_shape, y_shape = np.shape(X), np.shape(Y)
         if len(x_shape) != 2 or len(y_shape) != 2 or x_shape[0] != y_shape[0]:
             raise FitError(
                 f"X of shape {x_shape} and Y of shape {y_shape} must be (runs, N) and "
                 "(runs, M) with the same number of runs"
             )
-        return self.fit_chunks(array_chunks(X, Y, self.chunk_size), X_val, Y_val)
+        chunks = array_chunks(X, Y, self.chunk_size)
+        self._fit_stats(self._read(chunks), X_val, Y_val, chunks, copy=False)
+        return self
 
     def fit_chunks(self, chunks: ChunkSource, X_val: Any, Y_val: Any) -> DatamodelLasso:
         """Fit from a source of fit-run chunks (one pass, or one per step if ``gram=False``).
@@ -212,24 +155,28 @@ class DatamodelLasso:
         -------
         self
         """
-        self._check_params()
-        device = resolve_device(self.device)
-        with torch_threads(self.n_threads):
-            t0 = time.perf_counter()
-            stats: GramStats | None = None
-            for masks, margins in chunks():
-                if stats is None:
-                    stats = GramStats(
-                        np.shape(masks)[1], np.shape(margins)[1],
-                        gram=self.gram, device=device,
-                    )
-                stats.add(masks, margins)
-            if stats is None:
-                raise FitError("need at least 2 fit runs, got 0")
-            stats_s = time.perf_counter() - t0
-        self._fit_stats(stats, X_val, Y_val, chunks, copy=False)
-        self.timings_["stats"] = stats_s
+        self._start()
+        self._fit_stats(self._read(chunks), X_val, Y_val, chunks, copy=False)
         return self
+
+    def read_stats(self, chunks: ChunkSource) -> GramStats:
+        """Read the fit runs into statistics: the first half of :meth:`fit_chunks`.
+
+        A caller that checks the statistics before the solve (as ``dmdb fit`` does
+        for constant targets) reads them here and passes them to :meth:`fit_stats`.
+
+        Parameters
+        ----------
+        chunks : callable returning an iterable of (masks (k, N), margins (k, M))
+
+        Returns
+        -------
+        GramStats
+            On ``device``, with the Gram unless ``gram=False``; ``seconds`` is
+            the time the pass took.
+        """
+        self._start()
+        return self._read(chunks)
 
     def fit_stats(
         self, stats: GramStats, X_val: Any, Y_val: Any, chunks: ChunkSource | None = None
@@ -239,7 +186,7 @@ class DatamodelLasso:
         Parameters
         ----------
         stats : GramStats
-            Built chunk by chunk by the caller (e.g. streamed from the database).
+            From :meth:`read_stats`, or built chunk by chunk by the caller.
         X_val : bool or uint8 array of shape (n_val, N)
         Y_val : float array of shape (n_val, M)
         chunks : callable, optional
@@ -249,9 +196,8 @@ class DatamodelLasso:
         -------
         self
         """
-        self._check_params()
+        self._start()
         self._fit_stats(stats, X_val, Y_val, chunks, copy=self.copy_gram)
-        self.timings_["stats"] = 0.0
         return self
 
     def predict(self, X: Any) -> np.ndarray:
@@ -271,69 +217,63 @@ class DatamodelLasso:
 
     # ------------------------------------------------------------------ internals
 
-    def _check_params(self) -> None:
-        if self.solver not in _SOLVERS:
-            raise UsageError(f"solver must be one of {_SOLVERS}, got {self.solver!r}")
-        if self.dtype not in _DTYPES:
-            raise UsageError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
-        if isinstance(self.n_lambdas, bool) or not isinstance(self.n_lambdas, int) \
-                or self.n_lambdas < 2:
-            raise UsageError(f"n_lambdas must be an integer >= 2, got {self.n_lambdas!r}")
-        if not 0.0 < float(self.lambda_ratio) < 1.0:
-            raise UsageError(f"lambda_ratio must be in (0, 1), got {self.lambda_ratio!r}")
-        if not float(self.tol) > 0.0:
-            raise UsageError(f"tol must be > 0, got {self.tol!r}")
-        if int(self.max_iter) < 1:
-            raise UsageError(f"max_iter must be >= 1, got {self.max_iter!r}")
-        if int(self.patience) < 1:
-            raise UsageError(f"patience must be >= 1, got {self.patience!r}")
-        if self.n_threads is not None and int(self.n_threads) < 1:
-            raise UsageError(f"n_threads must be >= 1, got {self.n_threads!r}")
-        if self.target_batch is not None and int(self.target_batch) < 1:
-            raise UsageError(f"target_batch must be >= 1, got {self.target_batch!r}")
-        if int(self.chunk_size) < 1:
-            raise UsageError(f"chunk_size must be >= 1, got {self.chunk_size!r}")
-        if self.solver == "reference" and not self.gram:
-            raise UsageError("solver='reference' needs the Gram; use gram=True")
+    def _start(self) -> None:
+        """What every fit entry does first: check the parameters, resolve the device."""
+        self._validate_params()
+        self.device_ = resolve_device(self.device)
+
+    def _read(self, chunks: ChunkSource) -> GramStats:
+        """The one pass over the fit runs that builds the statistics."""
+        with torch_threads(self.n_threads):
+            t0 = time.perf_counter()
+            stats: GramStats | None = None
+            for masks, margins in chunks():
+                if stats is None:
+                    stats = GramStats(
+                        np.shape(masks)[1], np.shape(margins)[1],
+                        gram=self.gram, device=self.device_,
+                    )
+                stats.add(masks, margins)
+            if stats is None:
+                raise FitError("need at least 2 fit runs, got 0")
+            stats.seconds = time.perf_counter() - t0
+        return stats
 
     def _fit_stats(
         self, stats: GramStats, X_val: Any, Y_val: Any, chunks: ChunkSource | None,
         copy: bool,
     ) -> None:
-        device = resolve_device(self.device)
         dtype = _DTYPES[self.dtype]
         x_val, y_val = _check_val(X_val, Y_val, stats.n_features, stats.n_targets)
         if not stats.has_gram and chunks is None:
             raise UsageError("stats were built with gram=False: pass the chunk source too")
         with torch_threads(self.n_threads):
             t0 = time.perf_counter()
-            prob = stats.standardize(dtype, copy=copy)
-            prob = _to_device(prob, device)
+            prob = _to_device(stats.standardize(dtype, copy=copy), self.device_)
             t1 = time.perf_counter()
             lam_max = prob.corr.abs().amax(dim=0).double().cpu().numpy()
             lambdas = lambda_grid(lam_max, self.n_lambdas, float(self.lambda_ratio))
-            res = self._solve(prob, lambdas, x_val.to(device), y_val.to(device), chunks, dtype)
+            res = self._solve(prob, lambdas, x_val.to(self.device_), y_val.to(self.device_),
+                              self._path_solver(dtype, chunks))
             t2 = time.perf_counter()
         self._store(res, prob, lambdas, x_val.shape[0])
-        self.timings_ = {"gram": t1 - t0, "solve": t2 - t1}
+        self.timings_ = {"gram": t1 - t0, "solve": t2 - t1, "stats": stats.seconds}
+
+    def _path_solver(self, dtype: torch.dtype, chunks: ChunkSource | None) -> PathSolver:
+        """The solver ``solver`` names; both take the same knobs (see :meth:`_solve`)."""
+        if self.solver == "reference":
+            return reference_path
+        return FastPath(dtype=dtype, target_batch=self.target_batch, chunks=chunks)
 
     def _solve(
         self, prob: StandardProblem, lambdas: np.ndarray, x_val: torch.Tensor,
-        y_val: torch.Tensor, chunks: ChunkSource | None, dtype: torch.dtype,
+        y_val: torch.Tensor, path: PathSolver,
     ) -> PathResult:
-        if self.solver == "reference":
-            return reference_path(prob, lambdas, x_val, y_val)
-        if prob.gram is not None:
-            op: Callable[[torch.Tensor], torch.Tensor] = GramOperator(prob.gram)
-        else:
-            assert chunks is not None  # checked in _fit_stats
-            op = StreamOperator(chunks, prob, dtype)
         bar = _progress_bar(self.progress, lambdas.size)
         try:
-            return fista_path(
-                op, prob, lambdas, x_val, y_val, dtype=dtype, tol=float(self.tol),
-                max_iter=int(self.max_iter), early_stopping=bool(self.early_stopping),
-                patience=int(self.patience), target_batch=self.target_batch,
+            return path(
+                prob, lambdas, x_val, y_val, tol=float(self.tol), max_iter=int(self.max_iter),
+                early_stopping=bool(self.early_stopping), patience=int(self.patience),
                 progress=None if bar is None else bar.update,
             )
         finally:
@@ -408,8 +348,6 @@ def _to_device(prob: StandardProblem, device: torch.device) -> StandardProblem:
         sd=prob.sd.to(device), keep=prob.keep.to(device), y_mean=prob.y_mean.to(device),
         n_runs=prob.n_runs,
     )
-
-
 
 
 def _progress_bar(show: bool, total: int) -> Any:

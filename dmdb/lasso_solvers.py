@@ -1,42 +1,42 @@
-"""Solvers for the standardised multi-target Lasso path with validation choice.
+"""The fast path solver: batched FISTA (or active-set Newton) over all targets in torch.
 
-Two solvers share one problem (:class:`~dmdb.lasso_stats.StandardProblem`) and
-one result (:class:`PathResult`):
+:class:`FastPath` is the fast one of the two path solvers; the other, the plain
+oracle, is :func:`~dmdb.lasso_reference.reference_path`. Both take the one
+signature of :class:`~dmdb.lasso_stats.PathSolver` (the same ``tol``,
+``max_iter``, ``early_stopping`` and ``patience``) and return a
+:class:`~dmdb.lasso_stats.PathResult`.
 
-* :func:`reference_path`: per-target cyclic coordinate descent in numpy
-  float64 on the Gram, to a duality gap of 1e-10 · ||y_c||²/n. Small and obviously
-  correct; it is the test oracle.
-* :func:`fista_path`: accelerated proximal gradient (FISTA) batched over all
-  targets in torch; when there are fewer fit runs than features (rank-deficient
-  Gram) it takes active-set Newton steps instead, with FISTA as the fallback.
-  Each target walks its own λ path; a target that reaches the
-  gap tolerance moves to its next λ at once, so the batch stays full and one
-  matmul ``C @ W`` per iteration serves every target. Converged-for-good
-  targets leave the batch and queued targets (``target_batch``) take their place.
+:func:`fista_path` is accelerated proximal gradient (FISTA) batched over all
+targets; when there are fewer fit runs than features (rank-deficient Gram) it
+takes active-set Newton steps instead, with FISTA as the fallback. Each target
+walks its own λ path; a target that reaches the gap tolerance moves to its next
+λ at once, so the batch stays full and one matmul ``C @ W`` per iteration serves
+every target. Converged-for-good targets leave the batch and queued targets
+(``target_batch``) take their place.
 
-Duality gap (per target, standardised scale). With ``g = c - C w`` (the
-correlation of the residual with the features), ``ρ = ||r||²/n = v - cᵀw - wᵀg``,
-primal ``P = ½ρ + λ||w||₁`` and the dual point ``s·r`` with
-``s = min(1, λ / ||g||∞)``, the gap is
-``G = ½(1-s)²ρ + λ||w||₁ - s·wᵀg``. The stopping rule is scikit-learn's:
-``G ≤ tol · v`` with ``v = ||y_c||²/n``, which certifies ``P - P* ≤ tol · v``.
-Reported gaps are ``G / v``.
+The stopping rule is the reference solver's and scikit-learn's: duality gap
+``G ≤ tol · v`` with ``v = ||y_c||²/n``, which certifies ``P - P* ≤ tol · v``
+(the gap is defined in :mod:`dmdb.lasso_reference`). Reported gaps are ``G / v``.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+# The shared types and the reference solver keep their old import path here.
+from dmdb.lasso_reference import lasso_cd as lasso_cd
+from dmdb.lasso_reference import reference_path as reference_path
+from dmdb.lasso_stats import ChunkSource as ChunkSource
+from dmdb.lasso_stats import PathResult as PathResult
 from dmdb.lasso_stats import StandardProblem
-
-ChunkSource = Callable[[], Iterable[tuple[Any, Any]]]
+from dmdb.lasso_stats import lambda_grid as lambda_grid
+from dmdb.lasso_stats import standardize_val as standardize_val
 
 #: float32 gap estimates differed from float64 recomputations by at most 1% here,
 #: so float32 aims at 0.9 tol to certify tol (0.5 cost 15% more steps for nothing).
@@ -51,7 +51,6 @@ _EXTRAPOLATE = 1.0
 #: reset) and the step set to _SHRINK/q; accepted steps grow by _GROW, up to
 #: _MAXSTEP/L. On sparse supports the local curvature is well below the global
 #: L, so this cut total steps from 56.4k to 37.3k (measured as above).
-_ADAPTIVE = True
 _SHRINK = 0.9
 _GROW = 1.02
 _MAXSTEP = 3.0
@@ -71,209 +70,6 @@ _THETAS = (1.0, 0.5, 0.25, 0.125, 1.0 / 16, 1.0 / 64)
 
 #: Most float64 entries (rows x |A|²) in one batch of support solves (32 MB).
 _SOLVE_BUDGET = 1 << 22
-
-
-@dataclass
-class PathResult:
-    """Per-target outcome of a λ path in standardised space.
-
-    Attributes
-    ----------
-    rows, cols, vals : arrays of the chosen weights' non-zeros
-        Feature index, target index and standardised weight.
-    penalty : float64 array of shape (M,)
-        Chosen λ per target.
-    val_mse : float64 array of shape (M,)
-        Validation MSE at the chosen λ.
-    gap : float64 array of shape (M,)
-        Duality gap at the chosen λ over ||y_c||²/n.
-    n_iter : int64 array of shape (M,)
-        Iterations (FISTA steps or CD sweeps) over the whole path.
-    path : list of arrays of shape (N, M), or None
-        Every λ's weights, only when asked for (tests).
-    """
-
-    rows: np.ndarray
-    cols: np.ndarray
-    vals: np.ndarray
-    penalty: np.ndarray
-    val_mse: np.ndarray
-    gap: np.ndarray
-    n_iter: np.ndarray
-    n_capped: int = 0
-    path: list[np.ndarray] | None = field(default=None)
-
-
-def lambda_grid(lam_max: np.ndarray, n_lambdas: int, lambda_ratio: float) -> np.ndarray:
-    """Return the per-target λ grids, log-spaced from λ_max down to λ_max·ratio.
-
-    Parameters
-    ----------
-    lam_max : array of shape (M,)
-    n_lambdas : int
-    lambda_ratio : float
-
-    Returns
-    -------
-    float64 array of shape (M, n_lambdas)
-    """
-    steps = lambda_ratio ** (np.arange(n_lambdas) / (n_lambdas - 1))
-    return np.asarray(lam_max, dtype=np.float64)[:, None] * steps[None, :]
-
-
-def standardize_val(
-    prob: StandardProblem, x_val: torch.Tensor, y_val: torch.Tensor, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Standardise validation runs with the *fit* statistics.
-
-    Parameters
-    ----------
-    x_val : uint8 tensor of shape (n_val, N)
-    y_val : float64 tensor of shape (n_val, M)
-
-    Returns
-    -------
-    xs : tensor of shape (n_val, N)
-        ``(x - μ) / σ``, 0 in dropped columns.
-    yc : tensor of shape (n_val, M)
-        ``y - ȳ``.
-    """
-    dev = prob.corr.device
-    inv_sd = torch.where(prob.keep, 1.0 / prob.sd, torch.zeros_like(prob.sd))
-    xs = ((x_val.to(dev, torch.float64) - prob.mu) * inv_sd).to(dtype)
-    yc = (y_val.to(dev, torch.float64) - prob.y_mean).to(dtype)
-    return xs, yc
-
-
-# ----------------------------------------------------------------------------
-# Reference solver
-# ----------------------------------------------------------------------------
-
-
-def _gap_np(gram: np.ndarray, c: np.ndarray, v: float, lam: float, w: np.ndarray) -> float:
-    """Duality gap of one target over ``v = ||y_c||²/n`` (module docstring), float64."""
-    g = c - gram @ w
-    rho = v - c @ w - w @ g
-    l1 = np.abs(w).sum()
-    ginf = np.abs(g).max() if g.size else 0.0
-    s = 1.0 if ginf <= lam else lam / ginf
-    gap = 0.5 * (1.0 - s) ** 2 * rho + lam * l1 - s * (w @ g)
-    return float(gap / v) if v > 0 else 0.0
-
-
-def lasso_cd(
-    gram: np.ndarray,
-    c: np.ndarray,
-    v: float,
-    lam: float,
-    w0: np.ndarray | None = None,
-    tol: float = 1e-10,
-    max_sweeps: int = 100_000,
-) -> tuple[np.ndarray, float, int]:
-    """Solve one standardised Lasso by cyclic coordinate descent on the Gram.
-
-    Minimises ``½ wᵀ C w - cᵀw + ½ v + λ||w||₁``.
-
-    Parameters
-    ----------
-    gram : float64 array of shape (N, N)
-    c : float64 array of shape (N,)
-    v : float
-        ``||y_c||² / n``.
-    lam : float
-    w0 : array of shape (N,), optional
-        Warm start.
-    tol : float
-        Duality gap to reach, over ``v``.
-    max_sweeps : int
-
-    Returns
-    -------
-    w : float64 array of shape (N,)
-    gap : float
-        Final duality gap over ``v``.
-    sweeps : int
-    """
-    w = np.zeros_like(c) if w0 is None else w0.astype(np.float64).copy()
-    grad = c - gram @ w  # kept equal to c - C w through every update
-    diag = np.diag(gram)
-    sweeps = 0
-    gap = _gap_np(gram, c, v, lam, w)
-    while gap > tol and sweeps < max_sweeps:
-        for j in range(len(w)):
-            if diag[j] <= 0.0:
-                continue  # a dropped (constant) column
-            z = grad[j] + diag[j] * w[j]
-            new = math.copysign(max(abs(z) - lam, 0.0), z) / diag[j]
-            if new != w[j]:
-                grad -= gram[:, j] * (new - w[j])
-                w[j] = new
-        sweeps += 1
-        gap = _gap_np(gram, c, v, lam, w)
-    return w, gap, sweeps
-
-
-def reference_path(
-    prob: StandardProblem,
-    lambdas: np.ndarray,
-    x_val: torch.Tensor,
-    y_val: torch.Tensor,
-    *,
-    tol: float = 1e-10,
-    keep_path: bool = False,
-) -> PathResult:
-    """Full λ path per target by :func:`lasso_cd`, choosing λ by validation MSE.
-
-    Parameters
-    ----------
-    prob : StandardProblem with a Gram
-    lambdas : float64 array of shape (M, K)
-    x_val : uint8 tensor of shape (n_val, N)
-    y_val : float64 tensor of shape (n_val, M)
-    tol : float
-        Duality gap per λ, over ``||y_c||²/n``.
-    keep_path : bool
-        Also return every λ's weights.
-    """
-    if prob.gram is None:
-        raise ValueError("the reference solver needs the Gram")
-    gram = prob.gram.double().cpu().numpy()
-    corr = prob.corr.double().cpu().numpy()
-    y_var = prob.y_var.double().cpu().numpy()
-    xs, yc = standardize_val(prob, x_val, y_val, torch.float64)
-    xs_np, yc_np = xs.cpu().numpy(), yc.cpu().numpy()
-    n_feat, n_tgt = corr.shape
-    n_lam = lambdas.shape[1]
-    path = [np.zeros((n_feat, n_tgt)) for _ in range(n_lam)] if keep_path else None
-    best_w = np.zeros((n_feat, n_tgt))
-    out = _empty_result(n_tgt)
-    for j in range(n_tgt):
-        w = np.zeros(n_feat)
-        for k in range(n_lam):
-            w, gap, sweeps = lasso_cd(gram, corr[:, j], y_var[j], lambdas[j, k], w, tol)
-            out.n_iter[j] += sweeps
-            mse = float(np.mean((yc_np[:, j] - xs_np @ w) ** 2))
-            if path is not None:
-                path[k][:, j] = w
-            if mse < out.val_mse[j]:
-                out.val_mse[j], out.penalty[j], out.gap[j] = mse, lambdas[j, k], gap
-                best_w[:, j] = w
-    out.rows, out.cols = np.nonzero(best_w)
-    out.vals = best_w[out.rows, out.cols]
-    out.path = path
-    return out
-
-
-def _empty_result(n_tgt: int) -> PathResult:
-    return PathResult(
-        rows=np.zeros(0, np.int64),
-        cols=np.zeros(0, np.int64),
-        vals=np.zeros(0),
-        penalty=np.zeros(n_tgt),
-        val_mse=np.full(n_tgt, np.inf),
-        gap=np.zeros(n_tgt),
-        n_iter=np.zeros(n_tgt, np.int64),
-    )
 
 
 # ----------------------------------------------------------------------------
@@ -456,7 +252,6 @@ def fista_path(
     early_stopping: bool = True,
     patience: int = 5,
     target_batch: int | None = None,
-    lipschitz_const: float | None = None,
     progress: Callable[[int], None] | None = None,
     keep_path: bool = False,
     newton: bool | None = None,
@@ -489,8 +284,6 @@ def fista_path(
     patience : int
     target_batch : int, optional
         Most targets solved at once (bounds working memory to ~10·B·N values).
-    lipschitz_const : float, optional
-        Largest eigenvalue of C; estimated when omitted.
     progress : callable(int), optional
         Called with the number of (target, λ) steps completed.
     keep_path : bool
@@ -503,72 +296,104 @@ def fista_path(
     -------
     PathResult
     """
-    dev = prob.corr.device
+    run = _PathSetup.build(op, prob, lambdas, x_val, y_val, dtype, tol, newton)
     n_feat, n_tgt = prob.corr.shape
     n_lam = lambdas.shape[1]
-    if newton is None:
-        # Measured: with n < N (rank-deficient C) FISTA crawls and Newton steps win
-        # (n=628, N=1297: >7x); with n > N FISTA needs a few cheap steps per λ and
-        # Newton's Cholesky costs 5-6x more (n=2,700 and 9,000, N=2,000).
-        newton = prob.n_runs < n_feat
-    gram = op.gram if newton and isinstance(op, GramOperator) else None
-    # C has rank <= n - 1 (centred runs), so a larger active set is singular.
-    max_active = max(1, prob.n_runs - 1)
-    corr_t = prob.corr.to(dtype).T.contiguous()
-    y_var = prob.y_var.to(dev, dtype)
-    lam_all = torch.as_tensor(lambdas, dtype=dtype, device=dev)
-    xs_val, yc_val = standardize_val(prob, x_val, y_val, dtype)
-    xs_val_t = xs_val.T.contiguous()  # (N, n_val), the right operand of the CSR product
-    del xs_val
-    yc_val_t = yc_val.T.contiguous()
-    if lipschitz_const is None:
-        lipschitz_const = lipschitz(op, n_feat, dtype, dev)
-    inv_l = 1.0 / max(lipschitz_const, 1e-12)
-    eff_tol = tol * (_F32_TOL_FACTOR if dtype == torch.float32 else 1.0)
     b_max = n_tgt if target_batch is None else max(1, int(target_batch))
-    queue = torch.arange(n_tgt, device=dev)
-    out = _empty_result(n_tgt)
+    queue = torch.arange(n_tgt, device=prob.corr.device)
+    out = PathResult.empty(n_tgt)
     path = [np.zeros((n_feat, n_tgt)) for _ in range(n_lam)] if keep_path else None
     sparse: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    st = _new_batch(queue[:b_max], corr_t, inv_l)
+    st = _new_batch(queue[:b_max], run.corr_t, run.inv_l)
     queue = queue[b_max:]
     while st.tgt.numel():
-        v = y_var[st.tgt]
-        lam = lam_all[st.tgt, st.k]
-        primal, rel = _gap(st, v, lam)
+        primal, rel = _gap(st, run.y_var[st.tgt], run.lam_all[st.tgt, st.k])
         # Monotone restart: if the objective went up, drop the momentum.
         st.t = torch.where(primal > st.p_old, torch.ones_like(st.t), st.t)
         st.p_old = primal
-        done = ((rel <= eff_tol) | (st.it_lam >= max_iter)) & st.alive
+        done = ((rel <= run.eff_tol) | (st.it_lam >= max_iter)) & st.alive
         if bool(done.any()):
-            out.n_capped += int((done & (rel > eff_tol)).sum())
-            _advance(st, done, rel, xs_val_t, yc_val_t, n_lam, early_stopping, patience,
+            out.n_capped += int((done & (rel > run.eff_tol)).sum())
+            _advance(st, done, rel, run.xs_val_t, run.yc_val_t, n_lam, early_stopping, patience,
                      path, progress)
             n_dead = int((~st.alive).sum())
             # Compact lazily: copying the batch costs ~10 passes over B x N.
             if n_dead and (n_dead * 8 >= st.tgt.numel() or queue.numel()
                            or n_dead == st.tgt.numel()):
-                dead = ~st.alive
-                _harvest(st, dead, out, sparse, lambdas)
+                _harvest(st, ~st.alive, out, sparse, lambdas)
                 st = st.select(st.alive)
                 n_new = min(b_max - st.tgt.numel(), queue.numel())
                 if n_new > 0:
-                    st = _Batch.cat(st, _new_batch(queue[:n_new], corr_t, inv_l))
+                    st = _Batch.cat(st, _new_batch(queue[:n_new], run.corr_t, run.inv_l))
                     queue = queue[n_new:]
                 continue  # recompute the gap: the batch changed
-            lam = lam_all[st.tgt, st.k]  # advanced rows moved to their next λ
-        use_newton = None if gram is None else st.alive & (st.it_lam >= st.newton_at)
-        if gram is not None and use_newton is not None and bool(use_newton.any()):
-            _newton_step(st, torch.nonzero(use_newton).squeeze(1), op, gram, lam, max_active)
-            if bool(use_newton.all()):
-                continue
-            _fista_step(st, op, lam, inv_l, torch.nonzero(st.alive & ~use_newton).squeeze(1))
-        else:
-            _fista_step(st, op, lam, inv_l)
+        # Advanced rows moved to their next λ, so λ is read again.
+        _step(st, run, run.lam_all[st.tgt, st.k])
     if sparse:
         out.rows, out.cols, out.vals = (np.concatenate(a) for a in zip(*sparse, strict=True))
     out.path = path
     return out
+
+
+@dataclass
+class _PathSetup:
+    """What every step of one :func:`fista_path` reads, in the working dtype."""
+
+    op: Callable[[torch.Tensor], torch.Tensor]
+    gram: torch.Tensor | None  # the Gram for Newton steps; None: FISTA only
+    max_active: int  # the largest active set a Newton step may solve on
+    corr_t: torch.Tensor  # (M, N) correlations, one row a target
+    y_var: torch.Tensor  # (M,) ||y_c||²/n
+    lam_all: torch.Tensor  # (M, K) λ grids
+    xs_val_t: torch.Tensor  # (N, n_val) standardised validation masks, transposed
+    yc_val_t: torch.Tensor  # (M, n_val) centred validation margins, transposed
+    inv_l: float  # 1 / the Lipschitz constant of the gradient
+    eff_tol: float  # the gap each λ aims at (tol, or 0.9 tol in float32)
+
+    @classmethod
+    def build(
+        cls, op: Callable[[torch.Tensor], torch.Tensor], prob: StandardProblem,
+        lambdas: np.ndarray, x_val: torch.Tensor, y_val: torch.Tensor, dtype: torch.dtype,
+        tol: float, newton: bool | None,
+    ) -> _PathSetup:
+        dev = prob.corr.device
+        n_feat = prob.corr.shape[0]
+        if newton is None:
+            # Measured: with n < N (rank-deficient C) FISTA crawls and Newton steps win
+            # (n=628, N=1297: >7x); with n > N FISTA needs a few cheap steps per λ and
+            # Newton's Cholesky costs 5-6x more (n=2,700 and 9,000, N=2,000).
+            newton = prob.n_runs < n_feat
+        xs_val, yc_val = standardize_val(prob, x_val, y_val, dtype)
+        xs_val_t = xs_val.T.contiguous()  # (N, n_val): the right operand of the CSR product
+        del xs_val
+        return cls(
+            op=op,
+            gram=op.gram if newton and isinstance(op, GramOperator) else None,
+            # C has rank <= n - 1 (centred runs), so a larger active set is singular.
+            max_active=max(1, prob.n_runs - 1),
+            corr_t=prob.corr.to(dtype).T.contiguous(),
+            y_var=prob.y_var.to(dev, dtype),
+            lam_all=torch.as_tensor(lambdas, dtype=dtype, device=dev),
+            xs_val_t=xs_val_t,
+            yc_val_t=yc_val.T.contiguous(),
+            inv_l=1.0 / max(lipschitz(op, n_feat, dtype, dev), 1e-12),
+            eff_tol=tol * (_F32_TOL_FACTOR if dtype == torch.float32 else 1.0),
+        )
+
+
+def _step(st: _Batch, run: _PathSetup, lam: torch.Tensor) -> None:
+    """One step for every row: Newton where a row is due one, FISTA for the others."""
+    gram = run.gram
+    use_newton = None if gram is None else st.alive & (st.it_lam >= st.newton_at)
+    if gram is not None and use_newton is not None and bool(use_newton.any()):
+        _newton_step(st, torch.nonzero(use_newton).squeeze(1), run.op, gram, lam,
+                     run.max_active)
+        if bool(use_newton.all()):
+            return
+        _fista_step(st, run.op, lam, run.inv_l,
+                    torch.nonzero(st.alive & ~use_newton).squeeze(1))
+    else:
+        _fista_step(st, run.op, lam, run.inv_l)
 
 
 def _fista_step(
@@ -593,17 +418,16 @@ def _fista_step(
     # Soft-thresholding as z - clip(z, -thr, thr): two passes instead of five.
     x_new = z - torch.clamp(z, min=-thr, max=thr)
     cx_new = op(x_new)
-    if _ADAPTIVE:
-        d = x_new - y
-        dd = torch.linalg.vecdot(d, d)
-        q = torch.linalg.vecdot(d, cx_new - cy) / dd.clamp_min(torch.finfo(d.dtype).tiny)
-        bad = q * step_r > 1.0
-        step_r = torch.where(bad, _SHRINK / q, torch.clamp(step_r * _GROW, max=_MAXSTEP * inv_l))
-        if bool(bad.any()):
-            b = bad[:, None]
-            x_new = torch.where(b, x, x_new)
-            cx_new = torch.where(b, cx, cx_new)
-            t_new = torch.where(bad, torch.ones_like(t_new), t_new)
+    d = x_new - y
+    dd = torch.linalg.vecdot(d, d)
+    q = torch.linalg.vecdot(d, cx_new - cy) / dd.clamp_min(torch.finfo(d.dtype).tiny)
+    bad = q * step_r > 1.0
+    step_r = torch.where(bad, _SHRINK / q, torch.clamp(step_r * _GROW, max=_MAXSTEP * inv_l))
+    if bool(bad.any()):
+        b = bad[:, None]
+        x_new = torch.where(b, x, x_new)
+        cx_new = torch.where(b, cx, cx_new)
+        t_new = torch.where(bad, torch.ones_like(t_new), t_new)
     if rows is None:
         st.x_old, st.cx_old = st.x, st.cx
         st.x, st.cx = x_new, cx_new
@@ -708,41 +532,60 @@ def _support_solve(gram: torch.Tensor, act: torch.Tensor, rhs: torch.Tensor) -> 
         vv = valid[:, :, None] & valid[:, None, :]
         g = torch.where(vv, g, torch.eye(a_max, dtype=g.dtype, device=act.device).expand_as(g))
         b = torch.where(valid, torch.gather(rhs[r], 1, idx), torch.zeros((), dtype=rhs.dtype))
-        info = torch.ones(len(r), dtype=torch.int32, device=act.device)
-        w = torch.zeros_like(b)
-        if g.dtype != torch.float64:
-            # A float32 Gram is factored in float32: the Newton point only steers the
-            # step (the line search and the certified gap judge it), and on digits
-            # (n = 233-800) this left every step count unchanged at 1.4-1.8x the speed.
-            # Rows whose float32 solve fails or is ill-conditioned are redone below.
-            chol, info = torch.linalg.cholesky_ex(g)
-            b32 = b.to(g.dtype)[:, :, None]
-            w32 = torch.cholesky_solve(b32, chol)
-            # One float32 refinement step. Its size is of the order of the solve's
-            # forward error (cond(C_AA)·eps): rows where it exceeds _F32_ERROR of the
-            # solution are ill-conditioned and are redone in float64.
-            step = torch.cholesky_solve(b32 - g @ w32, chol)
-            w32 = w32 + step
-            big = step.abs().amax(dim=(1, 2)) > _F32_ERROR * w32.abs().amax(dim=(1, 2))
-            info = torch.where(big, torch.ones_like(info), info)
-            w = w32.squeeze(2).double()
-        retry = info != 0
-        if bool(retry.any()):
-            # Every row of a float64 Gram comes here: take the batch as it is, uncopied.
-            every = bool(retry.all())
-            g64 = (g if every else g[retry]).double()
-            b64 = (b if every else b[retry])[:, :, None]
-            eye = torch.diag_embed(torch.ones(g64.shape[:2], dtype=torch.float64,
-                                              device=act.device))
-            chol, info_r = torch.linalg.cholesky_ex(g64 + _RIDGE * eye)
-            w_r = torch.cholesky_solve(b64, chol)
-            for _ in range(_REFINE):
-                w_r = w_r + torch.cholesky_solve(b64 - g64 @ w_r, chol)
-            w[retry], info[retry] = w_r.squeeze(2), info_r
+        w, info = _cholesky_solve_padded(g, b)
         w = torch.where(valid & (info == 0)[:, None] & torch.isfinite(w), w, 0.0)
         out[r[:, None], idx] = torch.where(valid, w, out[r[:, None], idx])
         lo = hi
     return out
+
+
+def _cholesky_solve_padded(g: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve a batch of padded systems ``g w = b``, float32 first where ``g`` is float32.
+
+    Parameters
+    ----------
+    g : tensor of shape (B, a, a)
+        Symmetric positive (semi-)definite systems, identity in their padding.
+    b : float64 tensor of shape (B, a)
+
+    Returns
+    -------
+    w : float64 tensor of shape (B, a)
+    info : int32 tensor of shape (B,)
+        0 where the final (float64) Cholesky factorisation succeeded.
+    """
+    device = g.device
+    info = torch.ones(g.shape[0], dtype=torch.int32, device=device)
+    w = torch.zeros_like(b)
+    if g.dtype != torch.float64:
+        # A float32 Gram is factored in float32: the Newton point only steers the
+        # step (the line search and the certified gap judge it), and on digits
+        # (n = 233-800) this left every step count unchanged at 1.4-1.8x the speed.
+        # Rows whose float32 solve fails or is ill-conditioned are redone below.
+        chol, info = torch.linalg.cholesky_ex(g)
+        b32 = b.to(g.dtype)[:, :, None]
+        w32 = torch.cholesky_solve(b32, chol)
+        # One float32 refinement step. Its size is of the order of the solve's
+        # forward error (cond(C_AA)·eps): rows where it exceeds _F32_ERROR of the
+        # solution are ill-conditioned and are redone in float64.
+        step = torch.cholesky_solve(b32 - g @ w32, chol)
+        w32 = w32 + step
+        big = step.abs().amax(dim=(1, 2)) > _F32_ERROR * w32.abs().amax(dim=(1, 2))
+        info = torch.where(big, torch.ones_like(info), info)
+        w = w32.squeeze(2).double()
+    retry = info != 0
+    if bool(retry.any()):
+        # Every row of a float64 Gram comes here: take the batch as it is, uncopied.
+        every = bool(retry.all())
+        g64 = (g if every else g[retry]).double()
+        b64 = (b if every else b[retry])[:, :, None]
+        eye = torch.diag_embed(torch.ones(g64.shape[:2], dtype=torch.float64, device=device))
+        chol, info_r = torch.linalg.cholesky_ex(g64 + _RIDGE * eye)
+        w_r = torch.cholesky_solve(b64, chol)
+        for _ in range(_REFINE):
+            w_r = w_r + torch.cholesky_solve(b64 - g64 @ w_r, chol)
+        w[retry], info[retry] = w_r.squeeze(2), info_r
+    return w, info
 
 
 def _advance(
@@ -806,3 +649,50 @@ def _harvest(
     out.gap[tgt] = st.best_gap[idx].cpu().numpy()
     out.n_iter[tgt] = st.n_iter[idx].cpu().numpy()
     out.penalty[tgt] = lambdas[tgt, st.best_k[idx].cpu().numpy()]
+
+
+@dataclass
+class FastPath:
+    """The fast solver behind the one :class:`~dmdb.lasso_stats.PathSolver` signature.
+
+    What only the fast solver has is set here, once; the knobs every solver
+    takes (``tol``, ``max_iter``, ``early_stopping``, ``patience``) come with the call.
+
+    Parameters
+    ----------
+    dtype : torch.float32 or torch.float64
+        Working precision.
+    target_batch : int, optional
+        Most targets solved at once (bounds working memory to ~10·B·N values).
+    chunks : callable, optional
+        The fit runs (a :data:`~dmdb.lasso_stats.ChunkSource`), streamed at every
+        step when the problem has no Gram.
+    newton : bool, optional
+        Active-set Newton steps (see :func:`fista_path`); default when ``n_runs < N``.
+    """
+
+    dtype: torch.dtype = torch.float32
+    target_batch: int | None = None
+    chunks: ChunkSource | None = None
+    newton: bool | None = None
+
+    def __call__(
+        self, prob: StandardProblem, lambdas: np.ndarray, x_val: torch.Tensor,
+        y_val: torch.Tensor, *, tol: float = 1e-4, max_iter: int = 2000,
+        early_stopping: bool = True, patience: int = 5,
+        progress: Callable[[int], None] | None = None, keep_path: bool = False,
+    ) -> PathResult:
+        return fista_path(
+            self.operator(prob), prob, lambdas, x_val, y_val, dtype=self.dtype, tol=tol,
+            max_iter=max_iter, early_stopping=early_stopping, patience=patience,
+            target_batch=self.target_batch, progress=progress, keep_path=keep_path,
+            newton=self.newton,
+        )
+
+    def operator(self, prob: StandardProblem) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``W -> W C``: on the Gram when the problem has one, else streaming the runs."""
+        if prob.gram is not None:
+            return GramOperator(prob.gram)
+        if self.chunks is None:
+            raise ValueError("a problem without the Gram needs the chunk source of its fit runs")
+        return StreamOperator(self.chunks, prob, self.dtype)

@@ -4,11 +4,18 @@ The fit runs are read once, in chunks, into exact integer co-occurrence counts
 (the Gram ``XᵀX`` of the 0/1 masks), column counts and float64 sums of the
 margins. Standardising (centring by the column means, scaling by the population
 sd) is then done on these statistics, never on a copy of ``X``.
+
+The module also holds what both path solvers share (:mod:`dmdb.lasso_reference`,
+the plain oracle, and :mod:`dmdb.lasso_solvers`, the fast one): the problem they
+solve (:class:`StandardProblem`), their one signature (:class:`PathSolver`), their
+result (:class:`PathResult`), the λ grid and the standardised validation runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -161,6 +168,27 @@ class GramStats:
         self.y_sq = torch.zeros(self.n_targets, dtype=torch.float64, device=self.device)
         self.shift: torch.Tensor | None = None
         self.consumed = False
+        #: Seconds spent reading the fit runs into these statistics (set by
+        #: :meth:`dmdb.lasso.DatamodelLasso.read_stats`; 0 for stats built by hand).
+        self.seconds = 0.0
+
+    def constant_targets(self) -> np.ndarray:
+        """Indices of the targets with the same margin in every fit run added so far.
+
+        A target counts as constant when its variance over the fit runs is at most
+        ``1e-12 (1 + |ȳ|)²``: what is left there is float32 rounding of the stored
+        margins, not a signal a datamodel could fit.
+
+        Returns
+        -------
+        int64 array of shape (n_constant,)
+        """
+        if self.shift is None or self.n_runs == 0:
+            return np.zeros(0, dtype=np.int64)
+        mean_c = self.y_sum / self.n_runs
+        var = self.y_sq / self.n_runs - mean_c * mean_c
+        level = (1.0 + (self.shift + mean_c).abs()) ** 2
+        return torch.nonzero(var <= 1e-12 * level).squeeze(1).cpu().numpy()
 
     @property
     def has_gram(self) -> bool:
@@ -249,10 +277,9 @@ class GramStats:
         sd = torch.where(keep, var.sqrt(), torch.ones_like(var))
         y_mean_c = self.y_sum / n
         y_var = self.y_sq / n - y_mean_c * y_mean_c
-        scale = torch.maximum(self.y_sq / n, torch.ones_like(y_var) * 1e-300)
-        const = y_var <= 1e-12 * scale
-        if bool(const.any()):
-            j = int(torch.nonzero(const)[0])
+        const = self.constant_targets()
+        if len(const):
+            j = int(const[0])
             raise FitError(
                 f"target {j} is constant over the {n} fit runs; a datamodel cannot be fitted "
                 "to it (drop the target or add runs)"
@@ -339,25 +366,134 @@ class StandardProblem:
     y_mean: torch.Tensor
     n_runs: int
 
-    def to_mask_space(self, w_std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Map standardised weights to mask space.
 
-        Parameters
-        ----------
-        w_std : array of shape (N, M)
-            Weights on standardised features.
+# ----------------------------------------------------------------------------
+# What every path solver shares: its input, its one signature, its result
+# ----------------------------------------------------------------------------
 
-        Returns
-        -------
-        coef : float64 array of shape (M, N)
-            ``w_std / σ`` (0 for dropped columns).
-        intercept : float64 array of shape (M,)
-            ``ȳ - μ · coef``, so that prediction = intercept + Σ_{i∈S} coef_i.
-        """
-        sd = self.sd.double().cpu().numpy()
-        mu = self.mu.double().cpu().numpy()
-        keep = self.keep.cpu().numpy()
-        coef = np.asarray(w_std, dtype=np.float64) / sd[:, None]
-        coef[~keep] = 0.0
-        intercept = self.y_mean.double().cpu().numpy() - mu @ coef
-        return coef.T, intercept
+#: A re-iterable source of fit-run chunks: each call yields the same runs as
+#: ``(masks (k, N), margins (k, M))`` pairs, in any chunking.
+ChunkSource = Callable[[], Iterable[tuple[Any, Any]]]
+
+
+@dataclass
+class PathResult:
+    """Per-target outcome of a λ path in standardised space.
+
+    Attributes
+    ----------
+    rows, cols, vals : arrays of the chosen weights' non-zeros
+        Feature index, target index and standardised weight.
+    penalty : float64 array of shape (M,)
+        Chosen λ per target.
+    val_mse : float64 array of shape (M,)
+        Validation MSE at the chosen λ.
+    gap : float64 array of shape (M,)
+        Duality gap at the chosen λ over ||y_c||²/n.
+    n_iter : int64 array of shape (M,)
+        Iterations (FISTA steps or CD sweeps) over the whole path.
+    n_capped : int
+        (target, λ) steps that ended at ``max_iter`` above the gap tolerance.
+    path : list of arrays of shape (N, M), or None
+        Every λ's weights, only when asked for (tests).
+    """
+
+    rows: np.ndarray
+    cols: np.ndarray
+    vals: np.ndarray
+    penalty: np.ndarray
+    val_mse: np.ndarray
+    gap: np.ndarray
+    n_iter: np.ndarray
+    n_capped: int = 0
+    path: list[np.ndarray] | None = field(default=None)
+
+    @classmethod
+    def empty(cls, n_tgt: int) -> PathResult:
+        """A result for ``n_tgt`` targets with nothing chosen yet (validation MSE inf)."""
+        return cls(
+            rows=np.zeros(0, np.int64),
+            cols=np.zeros(0, np.int64),
+            vals=np.zeros(0),
+            penalty=np.zeros(n_tgt),
+            val_mse=np.full(n_tgt, np.inf),
+            gap=np.zeros(n_tgt),
+            n_iter=np.zeros(n_tgt, np.int64),
+        )
+
+
+class PathSolver(Protocol):
+    """The one signature of a path solver, as scikit-learn's ``enet_path``/``lasso_path``.
+
+    The estimator calls whichever solver it holds with the same knobs
+    (``tol=self.tol, max_iter=self.max_iter, ...``), and every solver honours them:
+
+    Parameters
+    ----------
+    prob : StandardProblem
+    lambdas : float64 array of shape (M, K)
+        Decreasing λ grid per target.
+    x_val : uint8 tensor of shape (n_val, N)
+    y_val : float64 tensor of shape (n_val, M)
+    tol : float
+        A λ counts as solved at duality gap ``<= tol · ||y_c||²/n`` (scikit-learn's
+        rule, which bounds ``P - P*`` by as much).
+    max_iter : int
+        Most iterations per λ (FISTA steps or CD sweeps) before moving on regardless;
+        such steps are counted in ``PathResult.n_capped``.
+    early_stopping : bool
+        End a target's path once its validation MSE has not improved for
+        ``patience`` consecutive λ.
+    patience : int
+    progress : callable(int), optional
+        Called with the number of (target, λ) steps completed.
+    keep_path : bool
+        Also return every λ's weights (tests only: K·N·M values).
+    """
+
+    def __call__(
+        self, prob: StandardProblem, lambdas: np.ndarray, x_val: torch.Tensor,
+        y_val: torch.Tensor, *, tol: float, max_iter: int, early_stopping: bool,
+        patience: int, progress: Callable[[int], None] | None = None, keep_path: bool = False,
+    ) -> PathResult: ...
+
+
+def lambda_grid(lam_max: np.ndarray, n_lambdas: int, lambda_ratio: float) -> np.ndarray:
+    """Return the per-target λ grids, log-spaced from λ_max down to λ_max·ratio.
+
+    Parameters
+    ----------
+    lam_max : array of shape (M,)
+    n_lambdas : int
+    lambda_ratio : float
+
+    Returns
+    -------
+    float64 array of shape (M, n_lambdas)
+    """
+    steps = lambda_ratio ** (np.arange(n_lambdas) / (n_lambdas - 1))
+    return np.asarray(lam_max, dtype=np.float64)[:, None] * steps[None, :]
+
+
+def standardize_val(
+    prob: StandardProblem, x_val: torch.Tensor, y_val: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standardise validation runs with the *fit* statistics.
+
+    Parameters
+    ----------
+    x_val : uint8 tensor of shape (n_val, N)
+    y_val : float64 tensor of shape (n_val, M)
+
+    Returns
+    -------
+    xs : tensor of shape (n_val, N)
+        ``(x - μ) / σ``, 0 in dropped columns.
+    yc : tensor of shape (n_val, M)
+        ``y - ȳ``.
+    """
+    dev = prob.corr.device
+    inv_sd = torch.where(prob.keep, 1.0 / prob.sd, torch.zeros_like(prob.sd))
+    xs = ((x_val.to(dev, torch.float64) - prob.mu) * inv_sd).to(dtype)
+    yc = (y_val.to(dev, torch.float64) - prob.y_mean).to(dtype)
+    return xs, yc

@@ -11,7 +11,6 @@ fit runs (reusing earlier refits), and marks those fits with
 from __future__ import annotations
 
 import html
-import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -401,17 +400,14 @@ def _comparison(ctx: _Context) -> Section:
 
 def _learning_curve_points(ctx: _Context) -> tuple[list[tuple[int, float, int]], list[str]]:
     from dmdb.fitting import fit as refit
+    from dmdb.fitting import recorded_options
 
     db, fid = ctx.db, ctx.fit.fit_id
     row = db.sql("SELECT alpha, n_fit, target_lo, target_hi, parameters FROM fits "
                  "WHERE fit_id = ?", [fid]).to_pylist()[0]
     sizes = sorted({max(MIN_RUNS["fit"], round(f * row["n_fit"]))
                     for f in LEARNING_CURVE_FRACTIONS} - {row["n_fit"]})
-    params = json.loads(row["parameters"] or "{}")
-    accepted = set(inspect.signature(refit).parameters) - {"alpha", "max_fit_runs",
-                                                           "target_range", "progress", "echo",
-                                                           "learning_curve_of"}
-    kwargs = {k: v for k, v in params.items() if k in accepted}
+    kwargs = recorded_options(json.loads(row["parameters"] or "{}"))
     points, notes = [], []
     for n in sizes:
         found = _existing_fit(db, row, n)

@@ -181,3 +181,44 @@ def test_cli_fit_fits_export(tmp_path: Path) -> None:
     assert r.exit_code == 1 and r.stderr.startswith("Error:") and "n_lambdas" in r.stderr
     r = runner.invoke(cli, ["fits", db.path, "--drop", "7"])
     assert r.exit_code == 1 and "no fit 7" in r.stderr
+
+
+def recorded_parameters(db: dmdb.Database, fit_id: int) -> dict:
+    import json
+
+    return json.loads(db.sql("SELECT parameters FROM fits WHERE fit_id = ?", [fit_id]
+                             ).column(0)[0].as_py())
+
+
+def test_fits_parameters_record_get_params(runs_db: dmdb.Database) -> None:
+    from dmdb.lasso import DatamodelLasso
+
+    est = DatamodelLasso(tol=1e-5, patience=3, target_batch=4)
+    report = fit(runs_db, est, max_fit_runs=200, **QUIET)
+    params = recorded_parameters(runs_db, report.fit_id)
+    used = est.get_params() | {"copy_gram": False, "progress": False}  # the fit's own stats
+    assert {k: params[k] for k in used} == used
+    for key in ("solver", "n_lambdas", "lambda_ratio", "tol", "stopping", "max_iter", "dtype",
+                "n_threads", "early_stopping", "gram", "max_fit_runs", "timings"):
+        assert key in params
+    assert params["max_fit_runs"] == 200 and set(params["timings"]) == {"stats", "gram", "solve"}
+    # options as keywords are the same as the estimator's parameters
+    again = fit(runs_db, tol=1e-5, patience=3, target_batch=4, max_fit_runs=200, **QUIET)
+    assert recorded_parameters(runs_db, again.fit_id) | {"timings": 0} == params | {"timings": 0}
+    assert (runs_db.load_fit(report.fit_id)[1] != runs_db.load_fit(again.fit_id)[1]).nnz == 0
+
+
+def test_cli_tol_and_max_iter_reach_the_reference_solver(tmp_path: Path) -> None:
+    db = dmdb.init(tmp_path / "r.duckdb", n_train=N_TRAIN, n_targets=N_TARGETS)
+    db.ingest(run_table(*make_runs(400)))
+    runner = CliRunner()
+    for args in (["--tol", "1e-12", "--max-iter", "1"], ["--tol", "1e-6"]):
+        r = runner.invoke(cli, ["fit", db.path, "-q", "--solver", "reference", *args])
+        assert r.exit_code == 0, r.output
+    capped, solved = recorded_parameters(db, 1), recorded_parameters(db, 2)
+    assert (capped["solver"], capped["tol"], capped["max_iter"]) == ("reference", 1e-12, 1)
+    assert (solved["tol"], solved["max_iter"]) == (1e-6, 2000)
+    q = "SELECT val_mse FROM datamodels WHERE fit_id = ? ORDER BY target_idx"
+    # one sweep per λ leaves the reference short of the solution: its fit differs
+    assert not np.allclose(db.sql(q, [1]).column(0).to_numpy(), db.sql(q, [2]).column(0).to_numpy(),
+                           rtol=1e-6)

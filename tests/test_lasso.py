@@ -8,11 +8,12 @@ import torch
 from sklearn.linear_model import Lasso
 
 from dmdb.errors import DeviceError, FitError, InputError, UsageError
-from dmdb.lasso import DatamodelLasso, GramStats, array_chunks
+from dmdb.lasso import DatamodelLasso, GramStats, LassoParams, array_chunks
+from dmdb.lasso_reference import duality_gap as _gap_np
 from dmdb.lasso_solvers import (
+    FastPath,
     GramOperator,
     StreamOperator,
-    _gap_np,
     fista_path,
     lambda_grid,
     reference_path,
@@ -320,3 +321,80 @@ def test_support_solve_float32_and_its_float64_retry():
             exact = np.linalg.solve(gram.double().numpy()[np.ix_(a, a)], rhs[i].numpy()[a])
             np.testing.assert_allclose(got[i, a], exact, rtol=0, atol=rtol * np.abs(exact).max())
             assert not got[i, ~a].any()
+
+
+# ---------------------------------------------------------------- one signature, honoured
+
+
+def small_problem(small, dtype=torch.float64, n_lambdas=8):
+    x, y, xv, yv, _ = small
+    prob = GramStats(x.shape[1], y.shape[1]).add(x, y).standardize(dtype)
+    lam = lambda_grid(prob.corr.abs().amax(0).double().numpy(), n_lambdas, 1e-2)
+    return prob, lam, torch.from_numpy(xv.astype(np.uint8)), torch.from_numpy(yv)
+
+
+def test_reference_honours_tol(small):
+    prob, lam, xv, yv = small_problem(small)
+    gram, corr, y_var = prob.gram.numpy(), prob.corr.numpy(), prob.y_var.numpy()
+    found = {}
+    for tol in (1e-3, 1e-9):
+        res = reference_path(prob, lam, xv, yv, tol=tol, keep_path=True)
+        assert res.n_capped == 0
+        gaps = np.array([[_gap_np(gram, corr[:, j], float(y_var[j]), lam[j, k], res.path[k][:, j])
+                          for k in range(lam.shape[1])] for j in range(corr.shape[1])])
+        assert (gaps <= tol).all() and (res.gap <= tol).all()  # certified in float64
+        found[tol] = (gaps.max(), res.n_iter.sum())
+    assert found[1e-3][0] > 1e3 * found[1e-9][0]  # the looser tol really stops earlier
+    assert found[1e-3][1] < found[1e-9][1]
+
+
+def test_reference_honours_max_iter(small):
+    prob, lam, xv, yv = small_problem(small)
+    res = reference_path(prob, lam, xv, yv, tol=1e-12, max_iter=1)
+    assert (res.n_iter <= lam.shape[1]).all()
+    assert res.n_capped > 0 and (res.gap > 1e-12).any()
+    x, y, xvv, yvv, _ = small
+    est = DatamodelLasso(solver="reference", tol=1e-12, max_iter=1).fit(x, y, xvv, yvv)
+    assert est.n_capped_ > 0 and (est.n_iter_ <= est.n_lambdas).all()
+
+
+def test_reference_honours_early_stopping(small):
+    x, y, xv, yv, _ = small
+    kw = {"dtype": "float64", "early_stopping": True, "patience": 2, "tol": 1e-8}
+    ref = DatamodelLasso(solver="reference", **kw).fit(x, y, xv, yv)
+    full = DatamodelLasso(solver="reference", **(kw | {"early_stopping": False})).fit(
+        x, y, xv, yv)
+    fast = DatamodelLasso(**kw).fit(x, y, xv, yv)
+    np.testing.assert_allclose(ref.penalty_, fast.penalty_)
+    assert ref.n_iter_.sum() < full.n_iter_.sum()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_both_solvers_through_one_signature_match_sklearn(small, dtype):
+    prob, lam, xv, yv = small_problem(small, dtype)
+    knobs = {"tol": 1e-7, "max_iter": 20_000, "early_stopping": False, "patience": 5,
+             "keep_path": True}
+    x, y, _, _, _ = small
+    xs, yc, _, _ = standardise(x.astype(float), y)
+    for solver in (reference_path, FastPath(dtype=dtype)):
+        res = solver(prob, lam, xv, yv, **knobs)
+        assert res.n_capped == 0
+        for j in range(y.shape[1]):
+            for k in (2, 6):
+                sk = Lasso(alpha=lam[j, k], fit_intercept=False, tol=1e-12, max_iter=100_000)
+                obj_sk = objective(xs, yc[:, j], sk.fit(xs, yc[:, j]).coef_, lam[j, k])
+                obj = objective(xs, yc[:, j], res.path[k][:, j], lam[j, k])
+                assert abs(obj - obj_sk) <= 1e-4 * obj_sk
+
+
+def test_get_params_round_trips():
+    est = DatamodelLasso(solver="reference", tol=1e-5, max_iter=7, n_threads=1)
+    params = est.get_params()
+    assert list(params) == LassoParams.param_names()
+    assert params["tol"] == 1e-5 and params["max_iter"] == 7 and params["solver"] == "reference"
+    assert DatamodelLasso(**params).get_params() == params
+    assert est.set_params(tol=1e-3) is est and est.tol == 1e-3
+    with pytest.raises(UsageError, match="unknown"):
+        est.set_params(alpha=0.5)
+    # __init__ only stores: a bad value is refused by fit, not by the constructor
+    assert DatamodelLasso(n_lambdas=1).get_params()["n_lambdas"] == 1

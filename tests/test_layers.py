@@ -11,7 +11,7 @@ import from its own stage or an earlier one, never from a later one:
  4. catalog       catalog: find, list, record and evaluate fits
  5. ingest        runs, sources, ingest (the engine), writer
  6. training      trainers/*, training (collect), betons
- 7. fitting       lasso_stats, lasso_reference, lasso_solvers, lasso, fitting
+ 7. fitting       lasso_params, lasso_stats, lasso_reference, lasso_solvers, lasso, fitting
  8. applications  applications, export, verify/*, imported fits, compare
  9. report        report
 10. front         quickstart, cli, the package itself
@@ -39,8 +39,8 @@ STAGES: list[tuple[str, list[str]]] = [
     ("catalog", ["catalog"]),
     ("ingest", ["runs", "sources", "ingest", "writer", "spec", "shards"]),
     ("training", ["trainers", "training", "collect", "betons", "cluster"]),
-    ("fitting", ["lasso_stats", "lasso_reference", "lasso_solvers", "lasso", "fitting",
-                 "gram", "blocks"]),
+    ("fitting", ["lasso_params", "lasso_stats", "lasso_reference", "lasso_solvers", "lasso",
+                 "fitting", "gram", "blocks"]),
     ("applications", ["applications", "export", "verify", "imported", "import_fit",
                       "compare"]),
     ("report", ["report"]),
