@@ -3,6 +3,14 @@
 Usage::
 
     python benchmarks/fit.py [--size small|large|both] [--device cpu|cuda] [--threads T]
+                             [--mode estimator|command|all] [--gram-kernel auto|int8|...]
+
+``--mode command`` times the whole ``dmdb fit`` command on a database (created
+with ``dmdb.init``, the planted runs ingested, the CLI run in a subprocess) beside
+the estimator alone on the same arrays, and prints which Gram kernel each chose
+and why, with the CPU's model and its avx512 / avx512_vnni / amx flags.
+``--mode estimator`` is the estimator against scikit-learn (and celer/skglm);
+``all`` (the default) does both.
 
 Data are datamodel-like: Bernoulli(0.5) masks, 1-5% non-zero heavy-tailed
 (Student-t, 3 dof) true weights, Gaussian noise that leaves a held-out
@@ -17,7 +25,10 @@ from __future__ import annotations
 import dmdb  # noqa: F401, I001  (first: it sets OMP_WAIT_POLICY before torch loads)
 
 import argparse
+import json
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,6 +69,77 @@ def generate(n: int, n_feat: int, n_tgt: int, seed: int = 0) -> dict[str, np.nda
         "X": x[n_val:n], "Y": y[n_val:n], "Xv": x[:n_val], "Yv": y[:n_val],
         "Xt": x[n:], "Yt": y[n:],
     }
+
+
+def cpu_summary() -> str:
+    """lscpu's model name, and which of the flags that decide the Gram kernel are present."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "CPU: lscpu not available"
+    info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    model = info.get("Model name", "?").strip()
+    flags = set(info.get("Flags", "").split())
+    present = {name: any(f.startswith(prefix) for f in flags) for name, prefix in
+               (("avx512", "avx512f"), ("avx512_vnni", "avx512_vnni"), ("amx", "amx"))}
+    marks = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in present.items())
+    return f"CPU: {model}; {marks}; torch capability {torch.backends.cpu.get_cpu_capability()}"
+
+
+def kernel_line(choice: dict | None) -> str:
+    """One line: the Gram kernel, the reason, and the probe's seconds per kernel."""
+    if choice is None:
+        return "no Gram (gram-free)"
+    times = ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in choice["seconds"].items())
+    screened = ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in choice["screened_out"].items())
+    probe = "x".join(map(str, choice["probe"])) if choice["probe"] else ""
+    return (f"{choice['kernel']} ({choice['reason']}"
+            + (f"; probe {probe}: {times}" if times else "")
+            + (f"; screened out on the small probe: {screened}" if screened else "") + ")")
+
+
+def bench_command(d: dict[str, np.ndarray], n_feat: int, n_tgt: int, device: str,
+                  threads: int, kernel: str) -> None:
+    """Time ``dmdb fit`` as a whole command on a database, beside the estimator alone."""
+    from dmdb.writer import RunWriter
+
+    masks = np.concatenate([d["Xv"], d["X"], d["Xt"]])
+    margins = np.concatenate([d["Yv"], d["Y"], d["Yt"]])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.duckdb"
+        t0 = time.perf_counter()
+        db = dmdb.init(path, n_train=n_feat, n_targets=n_tgt, seed=0)
+        with RunWriter(db, flush_runs=4096) as writer:
+            for lo in range(0, len(masks), 4096):
+                writer.add_batch(masks[lo : lo + 4096], margins[lo : lo + 4096], alpha=0.5)
+        print(f"database: {len(masks):,} planted runs ingested in "
+              f"{time.perf_counter() - t0:.1f} s", flush=True)
+        cmd = [sys.executable, "-c", "from dmdb.cli import main; main()", "fit", str(path),
+               "-q", "--device", device, "--threads", str(threads), "--gram-kernel", kernel]
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        t_cmd = time.perf_counter() - t0
+        if done.returncode != 0:
+            sys.exit(f"dmdb fit failed: {done.stderr.strip()}")
+        row = dmdb.connect(path, read_only=True).sql(
+            "SELECT parameters, n_fit FROM fits ORDER BY fit_id DESC LIMIT 1").to_pylist()[0]
+    params = json.loads(row["parameters"])
+    tm = params["timings"]
+    print(f"dmdb fit (whole command, subprocess): {t_cmd:.2f} s on {row['n_fit']:,} fit runs "
+          f"(statistics {tm['stats']:.2f} s, Gram {tm['gram']:.2f} s, solve {tm['solve']:.2f} s;"
+          f" the rest is start-up, reads, evaluation and writes)")
+    print(f"  Gram kernel: {kernel_line(params.get('gram_kernel_choice'))}")
+    t0 = time.perf_counter()
+    est = DatamodelLasso(device=device, n_threads=threads, gram_kernel=kernel).fit(
+        d["X"], d["Y"], d["Xv"], d["Yv"])
+    t_est = time.perf_counter() - t0
+    tm = est.timings_
+    print(f"estimator alone (in-memory arrays): {t_est:.2f} s (statistics {tm['stats']:.2f} s, "
+          f"Gram {tm['gram']:.2f} s, solve {tm['solve']:.2f} s); command / estimator "
+          f"{t_cmd / t_est:.2f}x")
+    choice = est.gram_kernel_
+    print(f"  Gram kernel: {kernel_line(None if choice is None else choice.as_dict())}",
+          flush=True)
 
 
 def heldout_corr(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -164,7 +246,8 @@ def run_celer_like(
 
 
 def bench(
-    size: str, device: str, threads: int, sample_gram: int, sample_plain: int, sample_lib: int
+    size: str, device: str, threads: int, sample_gram: int, sample_plain: int, sample_lib: int,
+    mode: str = "estimator", kernel: str = "auto",
 ) -> None:
     n, n_feat, n_tgt = SIZES[size]
     print(f"\n== {size}: n={n:,} runs (10% validation), N={n_feat:,}, M={n_tgt:,}, "
@@ -172,11 +255,16 @@ def bench(
     d = generate(n, n_feat, n_tgt)
     dev = torch.device(device)
     torch.set_num_threads(threads)
+    if mode in ("command", "all"):
+        bench_command(d, n_feat, n_tgt, device, threads, kernel)
+        if mode == "command":
+            return
     peak = matmul_peak(n_feat, n_tgt, dev)
     print(f"matmul peak (float32, N x N @ N x M): {peak:.0f} GFLOP/s")
 
     t0 = time.perf_counter()
-    est = DatamodelLasso(device=device, n_threads=threads).fit(d["X"], d["Y"], d["Xv"], d["Yv"])
+    est = DatamodelLasso(device=device, n_threads=threads, gram_kernel=kernel).fit(
+        d["X"], d["Y"], d["Xv"], d["Yv"])
     t_dmdb = time.perf_counter() - t0
     pred = est.predict(d["Xt"])
     r_dmdb = heldout_corr(pred, d["Yt"])
@@ -191,6 +279,8 @@ def bench(
           "fewer flops); "
           f"mean steps/target {est.n_iter_.mean():.0f}, max gap {est.gap_.max():.1e}",
           flush=True)
+    choice = est.gram_kernel_
+    print(f"  Gram kernel: {kernel_line(None if choice is None else choice.as_dict())}")
     if device == "cuda":
         print("(cuda mode: scikit-learn baselines skipped)")
         return
@@ -240,16 +330,28 @@ def main() -> None:
                         help="targets for the plain per-target lasso_path (time scaled)")
     parser.add_argument("--sample-lib", type=int, default=3,
                         help="targets for celer / skglm (time scaled)")
+    parser.add_argument("--mode", choices=["estimator", "command", "all"], default="all",
+                        help="the estimator against scikit-learn, the whole dmdb fit command "
+                        "on a database beside the estimator alone, or both")
+    parser.add_argument("--gram-kernel", default="auto",
+                        choices=["auto", "float32", "int8", "bfloat16", "float16"])
+    parser.add_argument("--size-override", metavar="n,N,M",
+                        help="run this size instead (a smoke run, e.g. 2000,200,10)")
     args = parser.parse_args()
+    print(cpu_summary())
+    if args.size_override:
+        SIZES["custom"] = tuple(int(v) for v in args.size_override.split(","))
+        args.size = "custom"
     if args.device == "cuda":
         if not torch.cuda.is_available():
             sys.exit("--device cuda: torch sees no CUDA GPU here")
-        bench("cuda", "cuda", args.threads, 0, 0, 0)
+        bench("cuda", "cuda", args.threads, 0, 0, 0,
+              "command" if args.mode == "command" else "estimator", args.gram_kernel)
         return
     sizes = ["small", "large"] if args.size == "both" else [args.size]
     for size in sizes:
         bench(size, args.device, args.threads, args.sample_gram, args.sample_plain,
-              args.sample_lib)
+              args.sample_lib, args.mode, args.gram_kernel)
 
 
 if __name__ == "__main__":

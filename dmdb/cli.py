@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from dmdb.errors import DmdbError, InputError, UsageError
-from dmdb.lasso_params import DTYPES, SOLVERS, LassoParams
+from dmdb.lasso_params import DTYPES, GRAM_KERNELS, SOLVERS, LassoParams
 from dmdb.version import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -416,6 +416,10 @@ def spec(db: str, alpha: float, trainer: str | None, device: str, batch_models: 
               help="Solve every λ even after validation error has risen.")
 @click.option("--gram-free", "gram", flag_value=False, default=LassoParams.gram,
               help="Do not hold the N x N Gram (for very large N; 10-20x slower).")
+@click.option("--gram-kernel", type=click.Choice(GRAM_KERNELS), default=LassoParams.gram_kernel,
+              show_default=True,
+              help="Matmul that counts XᵀX: auto times each on this device and takes the "
+              "fastest (all give the same exact counts).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @reports_errors
 def fit(db: str, alpha: float | None, max_fit_runs: int | None, target_range: str | None,

@@ -178,13 +178,17 @@ def fit_parameters(
     """What ``fits.parameters`` records: ``est.get_params()`` and what the fit adds.
 
     The added keys: ``stopping`` (what ``tol`` bounds; fits recorded without it
-    stopped at gap / primal <= tol), ``max_fit_runs``, ``timings`` and, for a
-    learning-curve refit, ``learning_curve_of``. Users' SQL reads these keys.
+    stopped at gap / primal <= tol), ``max_fit_runs``, ``timings``,
+    ``gram_kernel_choice`` (the kernel that counted ``XᵀX``, the reason, and the
+    measured seconds per kernel) and, for a learning-curve refit, ``learning_curve_of``.
+    Users' SQL reads these keys.
     """
     params = est.get_params() | {
         "stopping": "duality gap <= tol * mean(centred margin^2)",
         "max_fit_runs": max_fit_runs,
         "timings": dict(est.timings_),
+        # Which kernel counted XᵀX and why: the probe's measured seconds per kernel.
+        "gram_kernel_choice": None if est.gram_kernel_ is None else est.gram_kernel_.as_dict(),
     }
     if learning_curve_of is not None:
         params["learning_curve_of"] = int(learning_curve_of)

@@ -81,7 +81,7 @@ class DatamodelLasso(LassoParams):
     The parameters are those of :class:`~dmdb.lasso_params.LassoParams` (solver,
     n_lambdas, lambda_ratio, tol, max_iter, device, dtype, n_threads,
     early_stopping, patience, gram, target_batch, chunk_size, copy_gram,
-    progress), declared there once. As in scikit-learn, ``__init__`` only stores
+    progress, gram_kernel), declared there once. As in scikit-learn, ``__init__`` only stores
     them; every ``fit*`` validates them, and :meth:`get_params` returns them.
 
     Attributes
@@ -106,6 +106,9 @@ class DatamodelLasso(LassoParams):
         Each target's λ grid.
     device_ : torch.device
         The device ``device`` named, resolved once per fit.
+    gram_kernel_ : dmdb.gram.KernelChoice or None
+        The kernel that counted ``XᵀX`` and why (with the measured times); None
+        without the Gram.
     n_fit_runs_, n_val_runs_ : int
     timings_ : dict
         Seconds spent on "gram" (standardising), "solve" and "stats" (reading
@@ -231,7 +234,7 @@ class DatamodelLasso(LassoParams):
                 if stats is None:
                     stats = GramStats(
                         np.shape(masks)[1], np.shape(margins)[1],
-                        gram=self.gram, device=self.device_,
+                        gram=self.gram, device=self.device_, gram_kernel=self.gram_kernel,
                     )
                 stats.add(masks, margins)
             if stats is None:
@@ -257,6 +260,7 @@ class DatamodelLasso(LassoParams):
                               self._path_solver(dtype, chunks))
             t2 = time.perf_counter()
         self._store(res, prob, lambdas, x_val.shape[0])
+        self.gram_kernel_ = stats.kernel_choice
         self.timings_ = {"gram": t1 - t0, "solve": t2 - t1, "stats": stats.seconds}
 
     def _path_solver(self, dtype: torch.dtype, chunks: ChunkSource | None) -> PathSolver:

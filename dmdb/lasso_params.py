@@ -14,12 +14,14 @@ from typing import Any
 
 from dmdb.errors import UsageError
 
-__all__ = ["DTYPES", "SOLVERS", "LassoParams"]
+__all__ = ["DTYPES", "GRAM_KERNELS", "SOLVERS", "LassoParams"]
 
 #: ``solver``: batched torch FISTA, or per-target numpy coordinate descent (the oracle).
 SOLVERS = ("fast", "reference")
 #: ``dtype``: the fast solver's working precision.
 DTYPES = ("float32", "float64")
+#: ``gram_kernel``: measure on the device at hand (auto), or one kernel (:mod:`dmdb.gram`).
+GRAM_KERNELS = ("auto", "float32", "int8", "bfloat16", "float16")
 
 
 @dataclass(eq=False)
@@ -64,6 +66,11 @@ class LassoParams:
         float32 Gram, halving peak memory; the stats are then consumed.
     progress : bool, default False
         Show a tqdm bar over the (target, λ) steps.
+    gram_kernel : {"auto", "float32", "int8", "bfloat16", "float16"}, default "auto"
+        The matmul that counts ``XᵀX``. "auto" times each on a small probe on
+        ``device`` at the start of the fit (once per process and shape class) and
+        takes the fastest, float32 unless another is clearly faster. Every kernel
+        gives the same exact counts, so the fit does not depend on it.
     """
 
     solver: str = "fast"
@@ -81,6 +88,7 @@ class LassoParams:
     chunk_size: int = 4096
     copy_gram: bool = True
     progress: bool = False
+    gram_kernel: str = "auto"
 
     @classmethod
     def param_names(cls) -> list[str]:
@@ -111,6 +119,8 @@ class LassoParams:
         """Check every parameter's value; raises :class:`~dmdb.errors.UsageError`."""
         if self.solver not in SOLVERS:
             raise UsageError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        if self.gram_kernel not in GRAM_KERNELS:
+            raise UsageError(f"gram_kernel must be one of {GRAM_KERNELS}, got {self.gram_kernel!r}")
         if self.dtype not in DTYPES:
             raise UsageError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         if isinstance(self.n_lambdas, bool) or not isinstance(self.n_lambdas, int) \

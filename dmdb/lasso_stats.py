@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from dmdb.errors import FitError, InputError
+from dmdb.gram import KernelChoice, choose_kernel, count_gram
+from dmdb.gram import count_gram as _count_gram  # noqa: F401  (the old private path, for tests)
 
 #: Rows of the Gram centred at once; bounds the float64 scratch to ``8 * block * N`` bytes.
 _CENTRE_BLOCK = 256
@@ -63,54 +65,6 @@ def _as_margin_tensor(margins: object, device: torch.device) -> torch.Tensor:
     return t
 
 
-def _count_gram(a: torch.Tensor) -> torch.Tensor:
-    """Return the exact co-occurrence counts ``aᵀa`` (int32, (N, N)) of a 0/1 chunk.
-
-    ``torch._int_mm`` on int8 is 3-4x faster than a float32 matmul on the CPU
-    (measured: 0.10 s vs 0.35 s at 10,000 x 2,000 on 2 threads). On CUDA it
-    needs the inner dimension and N to be multiples of 8 and N > 16, so the
-    chunk is zero-padded there (zero rows and columns change no count). Any
-    other failure falls back to float32, which is exact for chunks of fewer
-    than 2**24 runs.
-    """
-    k, n_feat = a.shape
-    a8 = a.to(torch.int8)
-    try:
-        if a.device.type == "cuda":
-            pad_k, pad_n = (-k) % 8, (-n_feat) % 8
-            if n_feat + pad_n <= 16:
-                raise RuntimeError("too small for _int_mm on CUDA")
-            a8 = torch.nn.functional.pad(a8, (0, pad_n, 0, pad_k))
-            out = torch._int_mm(a8.T.contiguous(), a8)
-            return out[:n_feat, :n_feat]
-        return _symmetric_int_mm(a8)
-    except RuntimeError:
-        af = a.to(torch.float32)
-        return (af.T @ af).to(torch.int32)
-
-
-def _symmetric_int_mm(a8: torch.Tensor, blocks: int = 4) -> torch.Tensor:
-    """``a8ᵀ a8`` from the products on and above the diagonal of a grid of column blocks.
-
-    The lower blocks are the upper ones transposed, so this does 10 of the 16 block
-    products (measured at 4,096 x 5,000 on 2 threads: 0.20 s vs 0.28 s in one product).
-    """
-    n_feat = a8.shape[1]
-    if n_feat < 512 * blocks:
-        return torch._int_mm(a8.T, a8)
-    edges = [n_feat * i // blocks for i in range(blocks + 1)]
-    out = torch.empty(n_feat, n_feat, dtype=torch.int32, device=a8.device)
-    for i in range(blocks):
-        lo, hi = edges[i], edges[i + 1]
-        for j in range(i, blocks):
-            lo2, hi2 = edges[j], edges[j + 1]
-            block = torch._int_mm(a8[:, lo:hi].T, a8[:, lo2:hi2])
-            out[lo:hi, lo2:hi2] = block
-            if j > i:
-                out[lo2:hi2, lo:hi] = block.T
-    return out
-
-
 class GramStats:
     """Sufficient statistics of the fit runs, accumulated chunk by chunk.
 
@@ -125,6 +79,11 @@ class GramStats:
         solver when ``4 * N**2`` bytes do not fit in memory.
     device : str or torch.device, default "cpu"
         Where the statistics live and the chunk products run.
+    gram_kernel : str, default "auto"
+        How the co-occurrence counts are multiplied (:mod:`dmdb.gram`): "auto"
+        measures the kernels on the first chunk's shape, once per process;
+        "int8", "float32", "bfloat16" or "float16" forces one. Every kernel
+        gives the same, exact counts.
 
     Attributes
     ----------
@@ -141,6 +100,8 @@ class GramStats:
     shift : float64 tensor of shape (M,)
         The first chunk's margin means; subtracting it before summing keeps the
         float64 sums free of cancellation when margins have a large mean.
+    kernel_choice : KernelChoice or None
+        The kernel that counted, and why (None until a chunk is added, and without the Gram).
     """
 
     def __init__(
@@ -150,8 +111,11 @@ class GramStats:
         *,
         gram: bool = True,
         device: str | torch.device = "cpu",
+        gram_kernel: str = "auto",
     ) -> None:
         self.n_features = int(n_features)
+        self.gram_kernel = gram_kernel
+        self.kernel_choice: KernelChoice | None = None
         self.n_targets = int(n_targets)
         self.device = torch.device(device)
         self.n_runs = 0
@@ -231,7 +195,10 @@ class GramStats:
         if self.n_runs >= 2**31:
             raise FitError("more than 2**31 fit runs overflow the int32 co-occurrence counts")
         if self.gram_counts is not None:
-            counts = _count_gram(a)
+            if self.kernel_choice is None:
+                self.kernel_choice = choose_kernel(
+                    self.gram_kernel, self.device, self.n_features, a.shape[0])
+            counts = count_gram(a, self.kernel_choice.kernel)
             self.gram_counts += counts
             self.col_counts += torch.diagonal(counts)  # aᵀa's diagonal: a free column count
         else:

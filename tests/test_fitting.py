@@ -222,3 +222,24 @@ def test_cli_tol_and_max_iter_reach_the_reference_solver(tmp_path: Path) -> None
     # one sweep per λ leaves the reference short of the solution: its fit differs
     assert not np.allclose(db.sql(q, [1]).column(0).to_numpy(), db.sql(q, [2]).column(0).to_numpy(),
                            rtol=1e-6)
+
+
+def test_fits_parameters_record_the_gram_kernel_and_why(tmp_path: Path) -> None:
+    db = dmdb.init(tmp_path / "k.duckdb", n_train=N_TRAIN, n_targets=N_TARGETS)
+    db.ingest(run_table(*make_runs(400)))
+    runner = CliRunner()
+    for kernel in ("bfloat16", "auto"):
+        r = runner.invoke(cli, ["fit", db.path, "-q", "--gram-kernel", kernel])
+        assert r.exit_code == 0, r.output
+    forced, auto = recorded_parameters(db, 1), recorded_parameters(db, 2)
+    assert forced["gram_kernel"] == "bfloat16"
+    assert forced["gram_kernel_choice"]["kernel"] == "bfloat16"
+    assert forced["gram_kernel_choice"]["reason"] == "asked for"
+    assert auto["gram_kernel"] == "auto" and auto["gram_kernel_choice"]["kernel"] in (
+        "float32", "int8", "bfloat16", "float16")
+    # every kernel counts exactly, so the fits are the same
+    assert (db.load_fit(1)[1] != db.load_fit(2)[1]).nnz == 0
+    r = runner.invoke(cli, ["fit", db.path, "-q", "--gram-kernel", "int4"])
+    assert r.exit_code == 2 and "int4" in r.stderr and counts(db)["fits"] == 2
+    r = runner.invoke(cli, ["fit", db.path, "-q", "--gram-free"])
+    assert r.exit_code == 0 and recorded_parameters(db, 3)["gram_kernel_choice"] is None

@@ -8,6 +8,7 @@ import torch
 from sklearn.linear_model import Lasso
 
 from dmdb.errors import DeviceError, FitError, InputError, UsageError
+from dmdb.gram import KERNELS, choose_kernel, count_gram
 from dmdb.lasso import DatamodelLasso, GramStats, LassoParams, array_chunks
 from dmdb.lasso_reference import duality_gap as _gap_np
 from dmdb.lasso_solvers import (
@@ -398,3 +399,52 @@ def test_get_params_round_trips():
         est.set_params(alpha=0.5)
     # __init__ only stores: a bad value is refused by fit, not by the constructor
     assert DatamodelLasso(n_lambdas=1).get_params()["n_lambdas"] == 1
+
+
+# ---------------------------------------------------------------- the Gram kernels
+
+
+@pytest.mark.parametrize("shape", [(2100, 45), (300, 2101), (7, 9)])
+def test_every_gram_kernel_counts_exactly(shape):
+    # (2100, 45): more runs than bfloat16 and float16 hold exactly, so both are cut into
+    # blocks; (300, 2101): wide enough for the symmetric block product; N not a multiple of 8.
+    x = np.random.default_rng(shape[1]).random(shape) < 0.4
+    expected = x.astype(np.int64).T @ x.astype(np.int64)
+    kernels = [k for k in KERNELS if _runs_here(k)]
+    assert {"float32", "int8", "bfloat16"} <= set(kernels)
+    for kernel in kernels:
+        got = count_gram(torch.from_numpy(x), kernel)
+        assert got.dtype == torch.int32
+        np.testing.assert_array_equal(got.numpy().astype(np.int64), expected, err_msg=kernel)
+
+
+def _runs_here(kernel):
+    try:
+        count_gram(torch.ones(4, 4, dtype=torch.uint8), kernel)
+    except RuntimeError:
+        return False
+    return True
+
+
+def test_fit_is_the_same_with_every_gram_kernel(small):
+    x, y, xv, yv, _ = small
+    fits = {k: DatamodelLasso(gram_kernel=k).fit(x, y, xv, yv) for k in KERNELS}
+    first = fits["float32"]
+    for kernel, est in fits.items():
+        assert est.gram_kernel_.kernel == kernel and est.gram_kernel_.reason == "asked for"
+        assert (est.coef_ != first.coef_).nnz == 0, kernel
+        np.testing.assert_array_equal(est.intercept_, first.intercept_)
+    with pytest.raises(UsageError, match="gram_kernel"):
+        DatamodelLasso(gram_kernel="int4").fit(x, y, xv, yv)
+
+
+def test_auto_gram_kernel_is_measured_once_and_never_slower_than_float32():
+    choice = choose_kernel("auto", torch.device("cpu"), 600, 700)
+    assert choice.reason == "measured" and choice.kernel in KERNELS
+    assert "float32" in choice.seconds and choice.probe == (700, 600)
+    assert choice.seconds[choice.kernel] <= choice.seconds["float32"]
+    again = choose_kernel("auto", torch.device("cpu"), 600, 700)
+    assert again.reason == "measured earlier in this process" and again.kernel == choice.kernel
+    assert choose_kernel("auto", torch.device("cpu"), 37, 500).reason == "too small to measure"
+    record = choice.as_dict()
+    assert set(record) == {"kernel", "reason", "probe", "seconds", "screened_out"}

@@ -1,0 +1,286 @@
+"""The co-occurrence counts ``XᵀX`` of 0/1 masks, by the kernel that is fastest here.
+
+Masks are 0/1, so ``XᵀX`` is an exact integer count matrix, and any matmul that
+sums 0/1 products exactly gives the same counts. Which one is fastest depends on
+the CPU (measured, DESIGN.md): ``torch._int_mm`` on int8 built a 10,000 x 2,000
+Gram 3-4x faster than float32 on a Zen 4 core with AVX-512 VNNI, but on a 2-core
+EPYC with AVX2 only one 4,096 x 2,000 chunk took 22 s in int8, 5.9 s in bfloat16
+and 0.32 s in float32. So the kernel is chosen by a short measurement on the
+device at hand (:func:`choose_kernel`), once per process and shape class.
+
+Every kernel is exact by construction, not by luck:
+
+* int8: ``torch._int_mm`` accumulates in int32 (exact below 2**31 runs);
+* float32: integers up to 2**24 are exact in float32, so chunks are cut to at
+  most 2**24 runs;
+* bfloat16 / float16: integers up to 2**8 / 2**11 are exact there, so chunks
+  are cut to 256 / 2,048 runs. Every partial sum of 0/1 products is then an
+  integer no larger than that, exact whatever the order or precision of the
+  accumulation; the block results are summed in int32.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from dmdb.errors import UsageError
+from dmdb.lasso_params import GRAM_KERNELS
+
+__all__ = ["KERNELS", "KernelChoice", "choose_kernel", "count_gram"]
+
+#: The kernels, the default (float32) first.
+KERNELS = tuple(k for k in GRAM_KERNELS if k != "auto")
+
+#: Most runs per product for which each kernel's counts are exact (module docstring).
+EXACT_RUNS = {"int8": 2**31 - 1, "float32": 2**24, "bfloat16": 2**8, "float16": 2**11}
+
+_FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                 "float16": torch.float16}
+
+#: The measurement's probe: at most this many runs x training examples. float32
+#: takes about 20 ms for it on one Zen 4 core; a kernel 70x slower would take 1.4 s,
+#: so candidates are first screened on a probe 64x smaller in work.
+_PROBE_RUNS, _PROBE_COLS = 1024, 1024
+_SCREEN_RUNS, _SCREEN_COLS = 128, 256
+#: A candidate slower than this multiple of float32 on the screen is not timed further.
+_SCREEN_RATIO = 4.0
+#: Another kernel replaces float32 only when at least this much faster on the probe
+#: (so timing noise never picks a kernel that is not really faster).
+_MARGIN = 0.9
+#: Below this many multiply-adds a chunk costs well under a millisecond in any
+#: kernel: measuring would cost more than it could save.
+_TOO_SMALL = 1 << 24
+
+#: Choices already measured in this process, by device, probe shape and threads.
+_CACHE: dict[tuple[str, int, int, int], KernelChoice] = {}
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    """Which kernel builds the counts, and why.
+
+    Attributes
+    ----------
+    kernel : str
+        One of :data:`KERNELS`.
+    reason : str
+        "asked for", "measured", "measured earlier in this process", or
+        "too small to measure".
+    probe : tuple of int, optional
+        (runs, training examples) of the measured probe.
+    seconds : dict
+        Best seconds per timed kernel on the probe.
+    screened_out : dict
+        Seconds on the small screen of kernels too slow to time on the probe.
+    """
+
+    kernel: str
+    reason: str
+    probe: tuple[int, int] | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    screened_out: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready record (what ``fits.parameters`` stores)."""
+        return {"kernel": self.kernel, "reason": self.reason,
+                "probe": None if self.probe is None else list(self.probe),
+                "seconds": dict(self.seconds), "screened_out": dict(self.screened_out)}
+
+
+def count_gram(a: torch.Tensor, kernel: str = "int8") -> torch.Tensor:
+    """Return the exact co-occurrence counts ``aᵀa`` of a 0/1 chunk.
+
+    Parameters
+    ----------
+    a : bool or uint8 tensor of shape (k, N)
+        0/1 masks.
+    kernel : str
+        One of :data:`KERNELS`.
+
+    Returns
+    -------
+    int32 tensor of shape (N, N), on ``a``'s device
+    """
+    step = EXACT_RUNS[kernel]
+    if a.shape[0] <= step:
+        return _count_block(a, kernel)
+    out = _count_block(a[:step], kernel)
+    for lo in range(step, a.shape[0], step):
+        out += _count_block(a[lo : lo + step], kernel)
+    return out
+
+
+def _count_block(a: torch.Tensor, kernel: str) -> torch.Tensor:
+    """``aᵀa`` in one kernel, for at most ``EXACT_RUNS[kernel]`` rows."""
+    if kernel == "int8":
+        a8 = a.to(torch.int8)
+        if a.device.type == "cuda":
+            return _cuda_int_mm(a8)
+        return _symmetric(a8, torch._int_mm)
+    x = a.to(_FLOAT_DTYPES[kernel])
+
+    def product(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return (u @ v).to(torch.int32)
+
+    if a.device.type == "cuda":
+        return product(x.T, x)
+    return _symmetric(x, product)
+
+
+def _cuda_int_mm(a8: torch.Tensor) -> torch.Tensor:
+    """``torch._int_mm`` on CUDA, which needs both dimensions multiples of 8 and N > 16.
+
+    The chunk is zero-padded (zero rows and columns change no count); an N too
+    small even padded is counted in float32, which is exact there.
+    """
+    k, n_feat = a8.shape
+    pad_k, pad_n = (-k) % 8, (-n_feat) % 8
+    if n_feat + pad_n <= 16:
+        af = a8.to(torch.float32)
+        return (af.T @ af).to(torch.int32)
+    a8 = torch.nn.functional.pad(a8, (0, pad_n, 0, pad_k))
+    return torch._int_mm(a8.T.contiguous(), a8)[:n_feat, :n_feat]
+
+
+def _symmetric(
+    x: torch.Tensor, product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    blocks: int = 4,
+) -> torch.Tensor:
+    """``xᵀx`` (int32) from the products on and above the diagonal of a grid of column blocks.
+
+    The lower blocks are the upper ones transposed, so this does 10 of the 16 block
+    products (measured for int8 at 4,096 x 5,000 on 2 threads: 0.20 s vs 0.28 s in
+    one product).
+    """
+    n_feat = x.shape[1]
+    if n_feat < 512 * blocks:
+        return product(x.T, x)
+    edges = [n_feat * i // blocks for i in range(blocks + 1)]
+    out = torch.empty(n_feat, n_feat, dtype=torch.int32, device=x.device)
+    for i in range(blocks):
+        lo, hi = edges[i], edges[i + 1]
+        for j in range(i, blocks):
+            lo2, hi2 = edges[j], edges[j + 1]
+            block = product(x[:, lo:hi].T, x[:, lo2:hi2])
+            out[lo:hi, lo2:hi2] = block
+            if j > i:
+                out[lo2:hi2, lo:hi] = block.T
+    return out
+
+
+# ----------------------------------------------------------------------------
+# Choosing the kernel
+# ----------------------------------------------------------------------------
+
+
+def choose_kernel(
+    requested: str, device: torch.device, n_features: int, chunk_runs: int
+) -> KernelChoice:
+    """The kernel for chunks of ``chunk_runs`` x ``n_features`` on ``device``.
+
+    Parameters
+    ----------
+    requested : str
+        "auto" (measure), or one of :data:`KERNELS` (checked to run here).
+    device : torch.device
+    n_features : int
+        N, the mask length.
+    chunk_runs : int
+        Runs in a typical chunk (the first one).
+
+    Returns
+    -------
+    KernelChoice
+
+    Raises
+    ------
+    UsageError
+        A requested kernel that does not run on this device.
+    """
+    if requested != "auto":
+        _check_runs(requested, device)
+        return KernelChoice(requested, "asked for")
+    rows, cols = min(chunk_runs, _PROBE_RUNS), min(n_features, _PROBE_COLS)
+    if chunk_runs * n_features * n_features < _TOO_SMALL:
+        return KernelChoice("float32", "too small to measure")
+    key = (str(device), rows, cols, torch.get_num_threads())
+    if key in _CACHE:
+        found = _CACHE[key]
+        return KernelChoice(found.kernel, "measured earlier in this process", found.probe,
+                            found.seconds, found.screened_out)
+    choice = _measure(device, rows, cols)
+    _CACHE[key] = choice
+    return choice
+
+
+def _check_runs(kernel: str, device: torch.device) -> None:
+    """Raise a one-line UsageError unless ``kernel`` counts a small probe right here."""
+    if kernel not in KERNELS:
+        raise UsageError(f"unknown Gram kernel {kernel!r}; use auto or one of {KERNELS}")
+    probe = _probe(device, 64, 64)
+    try:
+        ok = torch.equal(count_gram(probe, kernel), _exact(probe))
+    except RuntimeError as e:
+        raise UsageError(f"--gram-kernel {kernel} does not run on {device}: "
+                         f"{str(e).splitlines()[0]}") from e
+    if not ok:
+        raise UsageError(f"--gram-kernel {kernel} miscounts on {device}; use another kernel")
+
+
+def _measure(device: torch.device, rows: int, cols: int) -> KernelChoice:
+    """Time every kernel that counts right on a probe; float32 unless another is faster."""
+    screen = _probe(device, min(rows, _SCREEN_RUNS), min(cols, _SCREEN_COLS))
+    screen_s = _times(screen, KERNELS, device)
+    base = screen_s["float32"]  # float32 runs everywhere torch does
+    screened_out = {k: s for k, s in screen_s.items() if s > _SCREEN_RATIO * base}
+    seconds = _times(_probe(device, rows, cols),
+                     [k for k in screen_s if k not in screened_out], device)
+    best = min(seconds, key=seconds.__getitem__)
+    if seconds[best] > _MARGIN * seconds["float32"]:
+        best = "float32"
+    return KernelChoice(best, "measured", (rows, cols), seconds, screened_out)
+
+
+def _times(a: torch.Tensor, kernels: Any, device: torch.device) -> dict[str, float]:
+    """Best of two timings per kernel of ``count_gram(a, kernel)``.
+
+    A kernel that fails here, or miscounts, is left out.
+    """
+    exact = _exact(a)
+    out = {}
+    for kernel in kernels:
+        best = float("inf")
+        try:
+            for _ in range(2):  # the first call also pays for any one-off set-up
+                _sync(device)
+                t0 = time.perf_counter()
+                counts = count_gram(a, kernel)
+                _sync(device)
+                best = min(best, time.perf_counter() - t0)
+        except RuntimeError:
+            continue
+        if torch.equal(counts, exact):
+            out[kernel] = best
+    return out
+
+
+def _probe(device: torch.device, rows: int, cols: int) -> torch.Tensor:
+    """Bernoulli(0.5) masks, the same in every process."""
+    gen = torch.Generator().manual_seed(0)
+    return (torch.rand(rows, cols, generator=gen) < 0.5).to(device=device, dtype=torch.uint8)
+
+
+def _exact(a: torch.Tensor) -> torch.Tensor:
+    """The counts in float64 (exact below 2**53), as int32: what every kernel must equal."""
+    a64 = a.to(torch.float64)
+    return (a64.T @ a64).to(torch.int32)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
