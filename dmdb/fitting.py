@@ -141,14 +141,19 @@ def fit(
     # The statistics are this fit's own, so the Gram may overwrite their counts.
     est = DatamodelLasso(**(params | {"copy_gram": False, "progress": progress}))
     runs = select_runs(db, alpha, max_fit_runs)
-    echo(f"fitting targets {lo}:{hi} on {len(runs['fit'])} fit / {len(runs['val'])} val / "
-         f"{len(runs['test'])} test runs with the {est.solver} solver on {est.device}")
 
     def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for _, masks, margins in db.iter_runs(run_ids=runs["fit"], chunk_runs=est.chunk_size):
             yield masks, margins[:, lo:hi]
 
-    stats = est.read_stats(chunks)
+    def announced_chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        # Runs when the estimator starts reading, after it has checked its parameters:
+        # a bad option prints its one error line only.
+        echo(f"fitting targets {lo}:{hi} on {len(runs['fit'])} fit / {len(runs['val'])} val"
+             f" / {len(runs['test'])} test runs with the {est.solver} solver on {est.device}")
+        yield from chunks()
+
+    stats = est.read_stats(announced_chunks)
     constant = stats.constant_targets()
     if len(constant):
         raise FitError(

@@ -176,11 +176,6 @@ def _shard_files(tmp: Path, w: dict[str, str], masks: np.ndarray, margins: np.nd
     w["late"] = str(late)
 
 
-# Since 91835d6 the Lasso's options are checked inside fit, after `fit` has printed
-# "fitting targets ...": two lines. The rows stay, so that the fix shows as XPASS.
-FIT_LATE = pytest.mark.xfail(strict=True, reason="pending: fit checks the Lasso's options "
-                             "only after printing 'fitting targets'")
-
 # (database the row writes to or reads, command line, fragment of the one line)
 ROWS = [
     # init (§5: sizes are refused before anything is allocated or created)
@@ -271,9 +266,9 @@ ROWS = [
     # fit
     ("exp", ["fit", "{exp}", "-q", "--target-range", "4:2"], "target"),
     ("exp", ["fit", "{exp}", "-q", "--alpha", "0.9"], "0.9"),
-    pytest.param("exp", ["fit", "{exp}", "-q", "--n-lambdas", "1"], "n_lambdas", marks=FIT_LATE),
-    pytest.param("exp", ["fit", "{exp}", "-q", "--lambda-ratio", "2"], "lambda_ratio",
-                 marks=FIT_LATE),
+    ("exp", ["fit", "{exp}", "-q", "--n-lambdas", "1"], "n_lambdas"),
+    ("exp", ["fit", "{exp}", "-q", "--lambda-ratio", "2"], "lambda_ratio"),
+    ("exp", ["fit", "{exp}", "-q", "--max-iter", "0"], "max_iter"),
     ("empty", ["fit", "{empty}", "-q"], "runs"),
     ("newer", ["fit", "{newer}", "-q"], "schema version 99"),
     # fits
