@@ -95,7 +95,7 @@ def migrate(con: duckdb.DuckDBPyConnection, *, n_train: int, n_targets: int) -> 
                 con.execute("INSERT INTO dmdb_migrations VALUES (?, ?, ?)",
                             [version, name, utcnow()])
         except duckdb.Error as e:
-            raise DatabaseError(f"migration {name} failed: {e}") from e
+            raise DatabaseError(f"migration {name} failed: {str(e).splitlines()[0]}") from e
         applied += 1
     return applied
 
