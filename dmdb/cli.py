@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import numpy as np
 import pyarrow as pa
 
-from dmdb.errors import DmdbError, InputError, UsageError
+from dmdb.errors import DmdbError, UsageError
 from dmdb.lasso_params import DTYPES, GRAM_KERNELS, SOLVERS, LassoParams
 from dmdb.version import __version__
 
@@ -55,6 +54,13 @@ def cli(wait: float) -> None:
 
 
 db_argument = click.argument("db", type=click.Path(dir_okay=False))
+
+# Options that several commands take, declared once (as sqlite-utils' output_options).
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+fit_option = click.option("--fit", "fit_id", type=int, help="The fit (default: the latest).")
+device_option = click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+format_option = click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]),
+                             default="table", show_default=True)
 
 
 @cli.command()
@@ -107,7 +113,7 @@ def init(db: str, train_size: int | None, targets: int | None, dataset: str | No
               "writing) until Ctrl-C, or until --runs draws are in.")
 @click.option("--runs", type=int, help="With --follow and --alpha: stop once draws 0..RUNS-1 "
               "are in.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option
 @reports_errors
 def ingest(db: str, sources: tuple[Path, ...], masks_path: Path | None, margins_path: Path | None,
            alpha: float | None, masks_key: str, margins_key: str, follow: float | None,
@@ -187,8 +193,7 @@ def migrate(db: str) -> None:
 @cli.command()
 @db_argument
 @click.argument("query")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
-              show_default=True)
+@format_option
 @reports_errors
 def sql(db: str, query: str, fmt: str) -> None:
     """Run QUERY read-only against DB and print the result.
@@ -225,7 +230,7 @@ def trainer_options(fn: F) -> F:
     for option in reversed([
         click.option("--trainer", help="mlp, cifar10, fmow, or a plug-in package.module:function "
                      "(default: the dataset's trainer)."),
-        click.option("--device", default="cpu", show_default=True, help="cpu or cuda."),
+        device_option,
         click.option("--batch-models", type=int,
                      help="Runs per trainer call (mlp: models trained as one computation)."),
         click.option("--seed", type=int,
@@ -264,7 +269,7 @@ def trainer_options(fn: F) -> F:
               help="--backend ray: draws per task.")
 @click.option("--gpus-per-task", type=float, default=0, show_default=True)
 @click.option("--cpus-per-task", type=float, default=1, show_default=True)
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option
 @reports_errors
 def train(db: str | None, runs: int, alpha: float | None, trainer: str | None, device: str,
           batch_models: int | None, seed: int | None, repeats: int, settings: tuple[str, ...],
@@ -420,7 +425,7 @@ def spec(db: str, alpha: float, trainer: str | None, device: str, batch_models: 
               show_default=True,
               help="Matmul that counts XᵀX: auto times each on this device and takes the "
               "fastest (all give the same exact counts).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option
 @reports_errors
 def fit(db: str, alpha: float | None, max_fit_runs: int | None, target_range: str | None,
         quiet: bool, **options: Any) -> None:
@@ -479,7 +484,7 @@ def export(db: str, fit_id: int, fmt: str, out: str | None) -> None:
 
 @cli.command()
 @db_argument
-@click.option("--fit", "fit_id", type=int, help="The fit (default: the latest).")
+@fit_option
 @click.option("--components", type=int, default=32, show_default=True,
               help="PCA components per target.")
 @click.option("--clusters", type=int, default=10, show_default=True,
@@ -509,10 +514,9 @@ def embed(db: str, fit_id: int | None, components: int, clusters: int, neighbour
 
 @cli.command()
 @db_argument
-@click.option("--fit", "fit_id", type=int, help="The fit (default: the latest).")
+@fit_option
 @click.option("--top", type=int, default=50, show_default=True, help="Pairs to show.")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
-              show_default=True)
+@format_option
 @reports_errors
 def leakage(db: str, fit_id: int | None, top: int, fmt: str) -> None:
     """Train-test leakage candidates: training examples holding much of a target's weight.
@@ -529,7 +533,7 @@ def leakage(db: str, fit_id: int | None, top: int, fmt: str) -> None:
 
 @cli.command()
 @db_argument
-@click.option("--fit", "fit_id", type=int, help="The fit to check (default: the latest).")
+@fit_option
 @click.option("--ceiling", is_flag=True,
               help="Measure the noise ceiling instead: several seeds on fresh masks.")
 @click.option("--targets", type=int, default=20, show_default=True,
@@ -545,12 +549,12 @@ def leakage(db: str, fit_id: int | None, top: int, fmt: str) -> None:
               help="--ceiling: models (seeds) per mask.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.option("--trainer", help="Override the trainer recorded on the fit's runs.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@device_option
 @click.option("--batch-models", type=int,
               help="Runs per trainer call (mlp: models trained as one computation).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="A trainer option (repeatable).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option
 @reports_errors
 def verify(db: str, fit_id: int | None, ceiling: bool, targets: int, ks: tuple[int, ...],
            models: int, brittleness_targets: int, masks: int, seeds: int, seed: int,
@@ -585,10 +589,10 @@ def verify(db: str, fit_id: int | None, ceiling: bool, targets: int, ks: tuple[i
 @cli.command()
 @db_argument
 @click.argument("out", type=click.Path(), default="report")
-@click.option("--fit", "fit_id", type=int, help="The fit (default: the latest).")
+@fit_option
 @click.option("--no-learning-curve", is_flag=True,
               help="Do not refit on 10/25/50% of the runs for the LDS-vs-runs plot.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option
 @reports_errors
 def report(db: str, out: str, fit_id: int | None, no_learning_curve: bool, quiet: bool) -> None:
     """Write PNG figures and an index.html about a fit into folder OUT."""
@@ -604,8 +608,8 @@ def report(db: str, out: str, fit_id: int | None, no_learning_curve: bool, quiet
 @click.argument("folder", type=click.Path(file_okay=False), default="dmdb-quickstart")
 @click.option("--runs", type=int, default=20000, show_default=True,
               help="Models to train (smaller runs also shrink the checks).")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@device_option
+@quiet_option
 @reports_errors
 def quickstart(folder: str, runs: int, device: str, quiet: bool) -> None:
     """Run the whole method on scikit-learn's digits in FOLDER (about 10 minutes).
@@ -657,8 +661,7 @@ def import_fit(db: str, file: Path, name: str | None, alpha: float | None, eval_
               "learning-curve refits).")
 @click.option("--out", type=click.Path(dir_okay=False), default="compare.png",
               show_default=True, help="Where to write the figure.")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
-              show_default=True)
+@format_option
 @reports_errors
 def compare(db: str, fit_list: str | None, out: str, fmt: str) -> None:
     """Compare fits (dmdb's or imported) on the first fit's test runs.
@@ -725,7 +728,7 @@ def main() -> None:
     cli()
 
 
-__all__ = ["cli", "main", "np", "InputError"]
+__all__ = ["cli", "main"]
 
 
 if __name__ == "__main__":
