@@ -680,6 +680,9 @@ def compare(db: str, fit_list: str | None, out: str, fmt: str) -> None:
         except ValueError:
             raise UsageError(f"--fits takes fit ids separated by commas, got {fit_list!r}"
                              ) from None
+    from dmdb.export import output_folder
+
+    output_folder(Path(out).parent, "the figure")  # before anything is printed
     result = compare_fits(connect(db, read_only=True), ids)
     click.echo(format_table(result.table, fmt), nl=False)
     path = result.save_figure(out)

@@ -71,8 +71,9 @@ def run_quickstart(
 
     sizes = sizes or QuickstartSizes()
     started = time.perf_counter()
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    from dmdb.export import output_folder
+
+    folder = output_folder(folder, "the quickstart")
     path = folder / "digits.duckdb"
 
     def step(title: str) -> None:

@@ -248,6 +248,8 @@ def train(
         raise UsageError(f"--runs must be positive, got {runs}")
     if repeats < 1:
         raise UsageError(f"--repeats must be positive, got {repeats}")
+    if seed is not None and not 0 <= seed < 2**63:
+        raise UsageError(f"--seed must be a non-negative 64-bit integer, got {seed}")
     exp = db.experiment
     opts = TrainerOptions.of(options, config=config, batch_models=batch_models)
     model = make_trainer(trainer, dataset_name=exp.dataset, n_train=exp.n_train,

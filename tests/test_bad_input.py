@@ -240,9 +240,7 @@ ROWS = [
     ("newer", ["ingest", "{newer}", "--masks", "{m}", "--margins", "{y}", "--alpha", "0.5"],
      NEWER),
     # train (digits: a built-in trainer; none of these may train a model)
-    pytest.param("digits", ["train", "{digits}", "--runs", "10", "--alpha", "0.5", "--seed", "-1"],
-                 "--seed", marks=pytest.mark.xfail(strict=True,
-                                                   reason="pending: train --seed check")),
+    ("digits", ["train", "{digits}", "--runs", "10", "--alpha", "0.5", "--seed", "-1"], "--seed"),
     ("digits", ["train", "{digits}", "--runs", "0", "--alpha", "0.5"], "--runs must be positive"),
     ("digits", ["train", "{digits}", "--runs", "5", "--alpha", "0"], "--alpha must be in (0, 1]"),
     ("digits", ["train", "{digits}", "--runs", "5", "--alpha", "0.5", "--repeats", "0"],
@@ -340,13 +338,9 @@ ROWS = [
     ("exp", ["compare", "{exp}", "--fits", "1,99", "--out", "{tmp}/c.png"], "99"),
     ("empty", ["compare", "{empty}", "--out", "{tmp}/c.png"], "two fits"),
     ("newer", ["compare", "{newer}", "--out", "{tmp}/c.png"], NEWER),
-    pytest.param("exp", ["compare", "{exp}", "--out", "{plain}/c.png"], "plain",
-                 marks=pytest.mark.xfail(strict=True, reason="pending: compare prints its table "
-                                         "before it finds that --out cannot be written")),
+    ("exp", ["compare", "{exp}", "--out", "{plain}/c.png"], "plain"),
     # quickstart
-    pytest.param("new", ["quickstart", "{plain}/q", "--runs", "10", "-q"], "plain",
-                 marks=pytest.mark.xfail(strict=True, reason="pending: quickstart's folder check "
-                                         "(a path under a plain file is a traceback)")),
+    ("new", ["quickstart", "{plain}/q", "--runs", "10", "-q"], "plain"),
 ]
 
 
