@@ -35,7 +35,14 @@ from dmdb.errors import InputError, UsageError
 from dmdb.runs import check_alpha
 from dmdb.sources import batch_to_arrow
 from dmdb.trainers import Trainer, TrainerOptions, make_trainer
-from dmdb.training import Identity, drawn_runs, missing_draws, train_into
+from dmdb.training import (
+    Identity,
+    check_draw_args,
+    draw_infos,
+    drawn_runs,
+    missing_draws,
+    train_into,
+)
 from dmdb.version import __version__
 from dmdb.writer import RunBuffer, ShardWriter
 
@@ -127,10 +134,7 @@ def make_spec(
 ) -> Spec:
     """The spec of an experiment's runs at ``alpha``; the trainer is built once to check it."""
     alpha = check_alpha(alpha)
-    if repeats < 1:
-        raise UsageError(f"--repeats must be positive, got {repeats}")
-    if seed is not None and not 0 <= seed < 2**63:
-        raise UsageError(f"--seed must be a non-negative 64-bit integer, got {seed}")
+    check_draw_args(repeats, seed)
     exp = db.experiment
     opts = TrainerOptions.of(options, config=config, batch_models=batch_models)
     config_path = str(Path(opts.config).resolve()) if opts.config else None
@@ -152,13 +156,8 @@ def _pairs_of(spec: Spec, draws: np.ndarray, reps: np.ndarray) -> tuple[
         np.ndarray, np.ndarray, list[dict[str, Any]]]:
     exp = spec.experiment
     masks, seeds = drawn_runs(exp["seed"], spec.seed, spec.alpha, draws, reps, exp["n_train"])
-    recorded = {k: v for k, v in spec.options.items()}
-    if spec.config:
-        recorded["config"] = spec.config
-    infos = [{"draw": int(d), "repeat": int(r), "device": spec.device, "spec": spec.spec_hash}
-             | ({"options": recorded} if recorded else {})
-             for d, r in zip(draws, reps, strict=True)]
-    return masks, seeds, infos
+    recorded = TrainerOptions.of(spec.options, config=spec.config).recorded()
+    return masks, seeds, draw_infos(draws, reps, spec.device, recorded, spec=spec.spec_hash)
 
 
 def train_block(spec: Spec, model: Trainer, draws: np.ndarray, reps: np.ndarray,

@@ -189,6 +189,22 @@ def done_draws(db: Database, alpha: float) -> set[tuple[int, int]]:
     return {(int(r["draw"]), int(r["repeat"] or 0)) for r in rows}
 
 
+def check_draw_args(repeats: int, seed: int | None) -> None:
+    """The --repeats and --seed checks shared by `dmdb train` and `dmdb spec`."""
+    if repeats < 1:
+        raise UsageError(f"--repeats must be positive, got {repeats}")
+    if seed is not None and not 0 <= seed < 2**63:
+        raise UsageError(f"--seed must be a non-negative 64-bit integer, got {seed}")
+
+
+def draw_infos(draws: np.ndarray, repeats: np.ndarray, device: str,
+               recorded: dict[str, Any], **extra: Any) -> list[dict[str, Any]]:
+    """The provenance (runs.info) of drawn runs: draw, repeat, device, options, extras."""
+    options = {"options": recorded} if recorded else {}
+    return [{"draw": int(d), "repeat": int(r), "device": device} | extra | options
+            for d, r in zip(draws, repeats, strict=True)]
+
+
 def drawn_runs(
     exp_seed: int, seed: int | None, alpha: float, draws: np.ndarray, repeats: np.ndarray,
     n_train: int,
@@ -246,10 +262,7 @@ def train(
     alpha = check_alpha(alpha)
     if runs < 1:
         raise UsageError(f"--runs must be positive, got {runs}")
-    if repeats < 1:
-        raise UsageError(f"--repeats must be positive, got {repeats}")
-    if seed is not None and not 0 <= seed < 2**63:
-        raise UsageError(f"--seed must be a non-negative 64-bit integer, got {seed}")
+    check_draw_args(repeats, seed)
     exp = db.experiment
     opts = TrainerOptions.of(options, config=config, batch_models=batch_models)
     model = make_trainer(trainer, dataset_name=exp.dataset, n_train=exp.n_train,
@@ -262,8 +275,7 @@ def train(
         echo(f"draws 0..{runs - 1} are all at alpha={alpha} (wanted {runs}); nothing to do")
         return TrainReport(runs, have, 0, 0.0, float("nan"))
     masks, seeds = drawn_runs(exp.seed, seed, alpha, draws, reps, exp.n_train)
-    infos = [{"draw": int(d), "repeat": int(r), "device": device} | (
-        {"options": recorded} if recorded else {}) for d, r in zip(draws, reps, strict=True)]
+    infos = draw_infos(draws, reps, device, recorded)
     echo(f"training {runs - have} mask(s) x {repeats} seed(s) at alpha={alpha} with "
          f"{model.name} ({have} mask(s) already there; draws 0..{runs - 1} wanted)")
     start = time.perf_counter()
