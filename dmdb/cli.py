@@ -425,6 +425,10 @@ def spec(db: str, alpha: float, trainer: str | None, device: str, batch_models: 
               show_default=True,
               help="Matmul that counts XᵀX: auto times each on this device and takes the "
               "fastest (all give the same exact counts).")
+@click.option("--memory", type=float, metavar="GB",
+              help="Memory budget for the fit's arrays (default: 85% of the free RAM, or of "
+              "the GPU's); targets are solved in batches that fit, and a fit that cannot "
+              "is refused before it starts.")
 @quiet_option
 @reports_errors
 def fit(db: str, alpha: float | None, max_fit_runs: int | None, target_range: str | None,

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from dmdb import fit_memory
 from dmdb.catalog import FIT_TABLES as FIT_TABLES  # the old import paths keep working
 from dmdb.catalog import drop_fit as drop_fit
 from dmdb.catalog import evaluate_fit, record_fit
@@ -146,14 +147,14 @@ def fit(
         for _, masks, margins in db.iter_runs(run_ids=runs["fit"], chunk_runs=est.chunk_size):
             yield masks, margins[:, lo:hi]
 
-    def announced_chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        # Runs when the estimator starts reading, after it has checked its parameters:
-        # a bad option prints its one error line only.
-        echo(f"fitting targets {lo}:{hi} on {len(runs['fit'])} fit / {len(runs['val'])} val"
-             f" / {len(runs['test'])} test runs with the {est.solver} solver on {est.device}")
-        yield from chunks()
-
-    stats = est.read_stats(announced_chunks)
+    # Checks the parameters, then plans the memory before anything is allocated:
+    # a bad option or a budget too small prints its one error line only.
+    plan = est.plan_memory(exp.n_train, hi - lo, len(runs["val"]), n_fit=len(runs["fit"]),
+                           all_targets=exp.n_targets)
+    echo(f"fitting targets {lo}:{hi} on {len(runs['fit'])} fit / {len(runs['val'])} val"
+         f" / {len(runs['test'])} test runs with the {est.solver} solver on {est.device}")
+    echo(memory_line(plan, est.memory_budget_, wanted_gram=est.gram))
+    stats = est.read_stats(chunks, len(runs["val"]))
     constant = stats.constant_targets()
     if len(constant):
         raise FitError(
@@ -161,7 +162,7 @@ def fit(
             "runs; a datamodel cannot be fitted to a constant (exclude it with --target-range)"
         )
     _, x_val, y_val = db.load_runs(run_ids=runs["val"])
-    est.fit_stats(stats, x_val, y_val[:, lo:hi], chunks if not est.gram else None)
+    est.fit_stats(stats, x_val, y_val[:, lo:hi], None if stats.has_gram else chunks)
     del stats
     test_mse, pearson, spearman = evaluate_fit(db, est.intercept_, est.coef_, runs["test"], lo)
     recorded = fit_parameters(est, max_fit_runs=max_fit_runs, learning_curve_of=learning_curve_of)
@@ -185,7 +186,8 @@ def fit_parameters(
     The added keys: ``stopping`` (what ``tol`` bounds; fits recorded without it
     stopped at gap / primal <= tol), ``max_fit_runs``, ``timings``,
     ``gram_kernel_choice`` (the kernel that counted ``XᵀX``, the reason, and the
-    measured seconds per kernel) and, for a learning-curve refit, ``learning_curve_of``.
+    measured seconds per kernel), ``memory_plan`` (see :mod:`dmdb.fit_memory`) and,
+    for a learning-curve refit, ``learning_curve_of``.
     Users' SQL reads these keys.
     """
     params = est.get_params() | {
@@ -194,19 +196,34 @@ def fit_parameters(
         "timings": dict(est.timings_),
         # Which kernel counted XᵀX and why: the probe's measured seconds per kernel.
         "gram_kernel_choice": None if est.gram_kernel_ is None else est.gram_kernel_.as_dict(),
+        # The plan the fit ran by: the budget, Gram or not, the target batch, the
+        # estimated bytes per phase (dmdb.fit_memory).
+        "memory_plan": est.memory_.as_dict() | {"budget": int(est.memory_budget_)},
     }
     if learning_curve_of is not None:
         params["learning_curve_of"] = int(learning_curve_of)
     return params
 
 
+def memory_line(plan: fit_memory.MemoryEstimate, budget: float, *, wanted_gram: bool) -> str:
+    """One line on the memory plan: the estimate, the budget, the batch, Gram or not."""
+    gb = fit_memory.GB
+    line = (f"memory: {plan.peak / gb:.2f} GB estimated of a {budget / gb:.2f} GB budget, "
+            f"{plan.target_batch} target(s) at a time")
+    if wanted_gram and not plan.gram:
+        line += (f"; the {plan.gram_bytes / gb:.2f} GB Gram does not fit, so the fit streams "
+                 "the runs Gram-free (slower; raise --memory to keep it)")
+    return line
+
+
 def recorded_options(parameters: dict[str, Any]) -> dict[str, Any]:
     """The fit options in a fit's recorded ``parameters``, for a refit on other runs.
 
-    Only :class:`LassoParams` names are kept, and not ``device`` or ``progress``:
-    where and how visibly a refit runs is its caller's choice.
+    Only :class:`LassoParams` names are kept, and not ``device``, ``progress`` or
+    ``memory``: where, how visibly and in how much memory a refit runs is its
+    caller's choice.
     """
-    names = set(LassoParams.param_names()) - {"device", "progress"}
+    names = set(LassoParams.param_names()) - {"device", "progress", "memory"}
     return {k: v for k, v in parameters.items() if k in names}
 
 

@@ -31,7 +31,7 @@ import torch
 from dmdb.errors import UsageError
 from dmdb.lasso_params import GRAM_KERNELS
 
-__all__ = ["KERNELS", "KernelChoice", "choose_kernel", "count_gram"]
+__all__ = ["KERNELS", "KernelChoice", "add_gram", "choose_kernel", "count_gram"]
 
 #: The kernels, the default (float32) first.
 KERNELS = tuple(k for k in GRAM_KERNELS if k != "auto")
@@ -106,76 +106,89 @@ def count_gram(a: torch.Tensor, kernel: str = "int8") -> torch.Tensor:
     -------
     int32 tensor of shape (N, N), on ``a``'s device
     """
+    out = torch.zeros(a.shape[1], a.shape[1], dtype=torch.int32, device=a.device)
+    return add_gram(out, a, kernel)
+
+
+#: Widest column block of one product on the CPU / on CUDA. A product's float32
+#: result and its int32 copy are the only scratch (2 x 4 x width² bytes: 32 MB on
+#: the CPU, 512 MB on CUDA), so no second N x N matrix ever exists; on the CPU the
+#: blocks below the diagonal are the upper ones transposed (measured for int8 at
+#: 4,096 x 5,000 on 2 threads: 0.20 s against 0.28 s in one product).
+BLOCK_WIDTH = {"cpu": 2048, "cuda": 8192}
+
+
+def add_gram(out: torch.Tensor, a: torch.Tensor, kernel: str = "int8") -> torch.Tensor:
+    """Add the exact counts ``aᵀa`` of a 0/1 chunk to ``out`` in place; return ``out``.
+
+    Parameters
+    ----------
+    out : int32 tensor of shape (N, N)
+        The running counts, on ``a``'s device.
+    a : bool or uint8 tensor of shape (k, N)
+    kernel : str
+        One of :data:`KERNELS`.
+
+    The product is taken in column blocks of at most :data:`BLOCK_WIDTH`, each
+    added into ``out`` where it belongs, in row steps of at most
+    ``EXACT_RUNS[kernel]`` runs.
+    """
     step = EXACT_RUNS[kernel]
-    if a.shape[0] <= step:
-        return _count_block(a, kernel)
-    out = _count_block(a[:step], kernel)
-    for lo in range(step, a.shape[0], step):
-        out += _count_block(a[lo : lo + step], kernel)
+    for lo in range(0, a.shape[0], step):
+        part = a[lo : lo + step]
+        if kernel == "int8":
+            x = part.to(torch.int8)
+            product = _cuda_int_mm if a.device.type == "cuda" else _cpu_int_mm
+        else:
+            x = part.to(_FLOAT_DTYPES[kernel])
+            product = _float_mm
+        _add_blocks(out, x, product, symmetric=a.device.type != "cuda")
     return out
 
 
-def _count_block(a: torch.Tensor, kernel: str) -> torch.Tensor:
-    """``aᵀa`` in one kernel, for at most ``EXACT_RUNS[kernel]`` rows."""
-    if kernel == "int8":
-        a8 = a.to(torch.int8)
-        if a.device.type == "cuda":
-            return _cuda_int_mm(a8)
-        return _symmetric(a8, torch._int_mm)
-    x = a.to(_FLOAT_DTYPES[kernel])
-
-    def product(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return (u @ v).to(torch.int32)
-
-    if a.device.type == "cuda":
-        return product(x.T, x)
-    return _symmetric(x, product)
+def _float_mm(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return (u.T @ v).to(torch.int32)
 
 
-def _cuda_int_mm(a8: torch.Tensor) -> torch.Tensor:
-    """``torch._int_mm`` on CUDA, which needs both dimensions multiples of 8 and N > 16.
+def _cpu_int_mm(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return torch._int_mm(u.T, v)
 
-    The chunk is zero-padded (zero rows and columns change no count); an N too
-    small even padded is counted in float32, which is exact there.
+
+def _cuda_int_mm(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``uᵀv`` by ``torch._int_mm`` on CUDA, which needs dimensions in multiples of 8, > 16.
+
+    The blocks are zero-padded (zero rows and columns change no count); blocks too
+    small even padded are multiplied in float32, which is exact there.
     """
-    k, n_feat = a8.shape
-    pad_k, pad_n = (-k) % 8, (-n_feat) % 8
-    if n_feat + pad_n <= 16:
-        af = a8.to(torch.float32)
-        return (af.T @ af).to(torch.int32)
-    a8 = torch.nn.functional.pad(a8, (0, pad_n, 0, pad_k))
-    return torch._int_mm(a8.T.contiguous(), a8)[:n_feat, :n_feat]
+    k, cu = u.shape
+    cv = v.shape[1]
+    pad_k, pad_u, pad_v = (-k) % 8, (-cu) % 8, (-cv) % 8
+    if min(cu + pad_u, cv + pad_v) <= 16:
+        return _float_mm(u.to(torch.float32), v.to(torch.float32))
+    up = torch.nn.functional.pad(u, (0, pad_u, 0, pad_k))
+    vp = torch.nn.functional.pad(v, (0, pad_v, 0, pad_k))
+    return torch._int_mm(up.T.contiguous(), vp)[:cu, :cv]
 
 
-def _symmetric(
-    x: torch.Tensor, product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    blocks: int = 4,
-) -> torch.Tensor:
-    """``xᵀx`` (int32) from the products on and above the diagonal of a grid of column blocks.
-
-    The lower blocks are the upper ones transposed, so this does 10 of the 16 block
-    products (measured for int8 at 4,096 x 5,000 on 2 threads: 0.20 s vs 0.28 s in
-    one product).
-    """
+def _add_blocks(
+    out: torch.Tensor, x: torch.Tensor,
+    product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, symmetric: bool,
+) -> None:
+    """``out += xᵀx``, one column block pair at a time (upper blocks only if ``symmetric``)."""
     n_feat = x.shape[1]
-    if n_feat < 512 * blocks:
-        return product(x.T, x)
-    edges = [n_feat * i // blocks for i in range(blocks + 1)]
-    out = torch.empty(n_feat, n_feat, dtype=torch.int32, device=x.device)
-    for i in range(blocks):
+    width = BLOCK_WIDTH["cuda" if x.device.type == "cuda" else "cpu"]
+    n_blocks = max(1, -(-n_feat // width))
+    if symmetric and n_feat >= 2048 and n_blocks < 4:
+        n_blocks = 4  # the symmetric saving is worth the smaller products from here
+    edges = [n_feat * i // n_blocks for i in range(n_blocks + 1)]
+    for i in range(n_blocks):
         lo, hi = edges[i], edges[i + 1]
-        for j in range(i, blocks):
+        for j in range(i if symmetric else 0, n_blocks):
             lo2, hi2 = edges[j], edges[j + 1]
-            block = product(x[:, lo:hi].T, x[:, lo2:hi2])
-            out[lo:hi, lo2:hi2] = block
-            if j > i:
-                out[lo2:hi2, lo:hi] = block.T
-    return out
-
-
-# ----------------------------------------------------------------------------
-# Choosing the kernel
-# ----------------------------------------------------------------------------
+            block = product(x[:, lo:hi], x[:, lo2:hi2])
+            out[lo:hi, lo2:hi2] += block
+            if symmetric and j > i:
+                out[lo2:hi2, lo:hi] += block.T
 
 
 def choose_kernel(

@@ -31,6 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from dmdb import fit_memory
 from dmdb.devices import resolve_device, torch_threads
 from dmdb.errors import FitError, InputError, UsageError
 from dmdb.lasso_params import LassoParams
@@ -106,6 +107,11 @@ class DatamodelLasso(LassoParams):
         Each target's λ grid.
     device_ : torch.device
         The device ``device`` named, resolved once per fit.
+    memory_ : dmdb.fit_memory.MemoryEstimate
+        The plan the fit ran by: Gram or Gram-free, the target batch, and the
+        estimated bytes per phase (see :meth:`plan_memory`).
+    memory_budget_ : float
+        The budget in bytes it was planned for.
     gram_kernel_ : dmdb.gram.KernelChoice or None
         The kernel that counted ``XᵀX`` and why (with the measured times); None
         without the Gram.
@@ -141,6 +147,7 @@ class DatamodelLasso(LassoParams):
                 "(runs, M) with the same number of runs"
             )
         chunks = array_chunks(X, Y, self.chunk_size)
+        self.plan_memory(x_shape[1], y_shape[1], len(X_val), n_fit=x_shape[0])
         self._fit_stats(self._read(chunks), X_val, Y_val, chunks, copy=False)
         return self
 
@@ -159,10 +166,60 @@ class DatamodelLasso(LassoParams):
         self
         """
         self._start()
-        self._fit_stats(self._read(chunks), X_val, Y_val, chunks, copy=False)
+        self._plan_key = ()  # plan anew for these chunks
+        self._fit_stats(self._read(chunks, len(X_val)), X_val, Y_val, chunks, copy=False)
         return self
 
-    def read_stats(self, chunks: ChunkSource) -> GramStats:
+    def plan_memory(
+        self, n_feat: int, n_tgt: int, n_val: int, *, n_fit: int | None = None,
+        all_targets: int | None = None, gram: bool | None = None,
+    ) -> fit_memory.MemoryEstimate:
+        """Plan the fit inside the memory budget, before anything is allocated.
+
+        Parameters
+        ----------
+        n_feat, n_tgt, n_val : int
+            N, the fitted targets M, and the validation runs.
+        n_fit : int, optional
+            Fit runs, when known (the chunk size and the Newton steps depend on it).
+        all_targets : int, optional
+            Margins per run as read (a database's M, when a range is fitted).
+        gram : bool, optional
+            Plan with (True) or without (False) the Gram, no fallback; default:
+            the ``gram`` parameter, falling back to Gram-free if the Gram does not fit.
+
+        Returns
+        -------
+        dmdb.fit_memory.MemoryEstimate
+            Also kept as ``memory_``; the fit uses its ``gram`` and ``target_batch``.
+
+        Raises
+        ------
+        FitError
+            The fit cannot run inside ``memory`` GB even one target at a time and
+            Gram-free: one line with the estimate, the budget and what to change.
+        """
+        self._start()
+        budget = (float(self.memory) * fit_memory.GB if self.memory is not None
+                  else fit_memory.default_budget(str(self.device_)))
+        chunk = self.chunk_size if n_fit is None else max(1, min(self.chunk_size, n_fit))
+        shape = fit_memory.FitShape(
+            n_train=n_feat, n_targets=n_tgt, n_val=n_val, chunk=chunk, all_targets=all_targets,
+            dtype_bytes=8 if self.dtype == "float64" else 4, device=str(self.device_),
+            newton=n_fit is not None and n_fit < n_feat)
+        # The reference solver cannot go Gram-free, so its plan keeps the Gram or fails.
+        plan = fit_memory.plan(shape, budget, gram=self.gram if gram is None else gram,
+                               target_batch=self.target_batch, fallback=gram is None)
+        if self.solver == "reference" and not plan.gram:
+            raise FitError(
+                f"the reference solver needs the Gram ({plan.parts['counts'] or 4 * n_feat**2:,}"
+                f" bytes), which does not fit in --memory {budget / fit_memory.GB:.2f} GB; "
+                "use the fast solver or raise --memory")
+        self.memory_, self.memory_budget_ = plan, budget
+        self._plan_key = (n_feat, n_tgt, n_val)
+        return plan
+
+    def read_stats(self, chunks: ChunkSource, n_val: int = 0) -> GramStats:
         """Read the fit runs into statistics: the first half of :meth:`fit_chunks`.
 
         A caller that checks the statistics before the solve (as ``dmdb fit`` does
@@ -171,15 +228,18 @@ class DatamodelLasso(LassoParams):
         Parameters
         ----------
         chunks : callable returning an iterable of (masks (k, N), margins (k, M))
+        n_val : int
+            Validation runs the solve will take (for the memory plan, unless
+            :meth:`plan_memory` was called first).
 
         Returns
         -------
         GramStats
-            On ``device``, with the Gram unless ``gram=False``; ``seconds`` is
-            the time the pass took.
+            On ``device``, with the Gram unless ``gram=False`` or the memory plan
+            went Gram-free; ``seconds`` is the time the pass took.
         """
         self._start()
-        return self._read(chunks)
+        return self._read(chunks, n_val)
 
     def fit_stats(
         self, stats: GramStats, X_val: Any, Y_val: Any, chunks: ChunkSource | None = None
@@ -225,16 +285,20 @@ class DatamodelLasso(LassoParams):
         self._validate_params()
         self.device_ = resolve_device(self.device)
 
-    def _read(self, chunks: ChunkSource) -> GramStats:
+    def _read(self, chunks: ChunkSource, n_val: int = 0) -> GramStats:
         """The one pass over the fit runs that builds the statistics."""
         with torch_threads(self.n_threads):
             t0 = time.perf_counter()
             stats: GramStats | None = None
             for masks, margins in chunks():
                 if stats is None:
+                    n_feat, n_tgt = np.shape(masks)[1], np.shape(margins)[1]
+                    plan = getattr(self, "memory_", None)
+                    if plan is None or getattr(self, "_plan_key", ())[:2] != (n_feat, n_tgt):
+                        plan = self.plan_memory(n_feat, n_tgt, n_val)
                     stats = GramStats(
-                        np.shape(masks)[1], np.shape(margins)[1],
-                        gram=self.gram, device=self.device_, gram_kernel=self.gram_kernel,
+                        n_feat, n_tgt,
+                        gram=plan.gram, device=self.device_, gram_kernel=self.gram_kernel,
                     )
                 stats.add(masks, margins)
             if stats is None:
@@ -250,6 +314,10 @@ class DatamodelLasso(LassoParams):
         x_val, y_val = _check_val(X_val, Y_val, stats.n_features, stats.n_targets)
         if not stats.has_gram and chunks is None:
             raise UsageError("stats were built with gram=False: pass the chunk source too")
+        if getattr(self, "_plan_key", ()) != (stats.n_features, stats.n_targets, len(x_val)):
+            # The solve's share depends on the validation runs: plan its batch for them.
+            self.plan_memory(stats.n_features, stats.n_targets, len(x_val),
+                             n_fit=stats.n_runs, gram=stats.has_gram)
         with torch_threads(self.n_threads):
             t0 = time.perf_counter()
             prob = _to_device(stats.standardize(dtype, copy=copy), self.device_)
@@ -267,7 +335,7 @@ class DatamodelLasso(LassoParams):
         """The solver ``solver`` names; both take the same knobs (see :meth:`_solve`)."""
         if self.solver == "reference":
             return reference_path
-        return FastPath(dtype=dtype, target_batch=self.target_batch, chunks=chunks)
+        return FastPath(dtype=dtype, target_batch=self.memory_.target_batch, chunks=chunks)
 
     def _solve(
         self, prob: StandardProblem, lambdas: np.ndarray, x_val: torch.Tensor,

@@ -66,6 +66,12 @@ class LassoParams:
         float32 Gram, halving peak memory; the stats are then consumed.
     progress : bool, default False
         Show a tqdm bar over the (target, λ) steps.
+    memory : float, optional
+        Budget in GB for the fit's arrays on ``device`` (:mod:`dmdb.fit_memory`);
+        default: 85% of the memory free at the start (host RAM, or the GPU's).
+        Targets are solved in batches sized to it; if the Gram does not fit, the
+        fast solver goes Gram-free; if even that does not fit, the fit is
+        refused before it allocates.
     gram_kernel : {"auto", "float32", "int8", "bfloat16", "float16"}, default "auto"
         The matmul that counts ``XᵀX``. "auto" times each on a small probe on
         ``device`` at the start of the fit (once per process and shape class) and
@@ -89,6 +95,7 @@ class LassoParams:
     copy_gram: bool = True
     progress: bool = False
     gram_kernel: str = "auto"
+    memory: float | None = None
 
     @classmethod
     def param_names(cls) -> list[str]:
@@ -136,5 +143,7 @@ class LassoParams:
         for name in ("n_threads", "target_batch"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise UsageError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.memory is not None and not float(self.memory) > 0.0:
+            raise UsageError(f"memory must be a positive number of GB, got {self.memory!r}")
         if self.solver == "reference" and not self.gram:
             raise UsageError("solver='reference' needs the Gram; use gram=True")

@@ -21,11 +21,13 @@ import numpy as np
 import torch
 
 from dmdb.errors import FitError, InputError
-from dmdb.gram import KernelChoice, choose_kernel, count_gram
+from dmdb.gram import KernelChoice, add_gram, choose_kernel
 from dmdb.gram import count_gram as _count_gram  # noqa: F401  (the old private path, for tests)
 
 #: Rows of the Gram centred at once; bounds the float64 scratch to ``8 * block * N`` bytes.
 _CENTRE_BLOCK = 256
+#: Runs per float64 product in ``Xᵀy`` (and per block of standardised validation runs).
+_XTY_RUNS = 512
 
 
 def _as_tensor(a: object) -> torch.Tensor:
@@ -93,7 +95,7 @@ class GramStats:
         How many fit runs contain each training example.
     gram_counts : int32 tensor of shape (N, N) or None
         ``XᵀX``, exact co-occurrence counts (None when ``gram=False``).
-    xty : float64 tensor of shape (N, M)
+    xty : float64 tensor of shape (N, M), or None once consumed
         ``Xᵀ(Y - shift)``.
     y_sum, y_sq : float64 tensors of shape (M,)
         ``Σ (y - shift)`` and ``Σ (y - shift)²``.
@@ -125,7 +127,7 @@ class GramStats:
             if gram
             else None
         )
-        self.xty = torch.zeros(
+        self.xty: torch.Tensor | None = torch.zeros(
             self.n_features, self.n_targets, dtype=torch.float64, device=self.device
         )
         self.y_sum = torch.zeros(self.n_targets, dtype=torch.float64, device=self.device)
@@ -198,12 +200,13 @@ class GramStats:
             if self.kernel_choice is None:
                 self.kernel_choice = choose_kernel(
                     self.gram_kernel, self.device, self.n_features, a.shape[0])
-            counts = count_gram(a, self.kernel_choice.kernel)
-            self.gram_counts += counts
-            self.col_counts += torch.diagonal(counts)  # aᵀa's diagonal: a free column count
-        else:
-            self.col_counts += a.sum(dim=0, dtype=torch.int64)
-        self.xty += a.to(torch.float64).T @ yc
+            add_gram(self.gram_counts, a, self.kernel_choice.kernel)
+        self.col_counts += a.sum(dim=0, dtype=torch.int64)
+        # Xᵀy in float64, _XTY_RUNS runs at a time: the float64 copy of the masks is
+        # the scratch, 8 * _XTY_RUNS * N bytes, not 8 * k * N.
+        assert self.xty is not None  # only consumed stats lack it, refused above
+        for lo in range(0, a.shape[0], _XTY_RUNS):
+            self.xty += a[lo : lo + _XTY_RUNS].to(torch.float64).T @ yc[lo : lo + _XTY_RUNS]
         self.y_sum += yc.sum(dim=0)
         self.y_sq += (yc * yc).sum(dim=0)
         return self
@@ -251,14 +254,23 @@ class GramStats:
                 f"target {j} is constant over the {n} fit runs; a datamodel cannot be fitted "
                 "to it (drop the target or add runs)"
             )
-        c = (self.xty / n - mu[:, None] * y_mean_c[None, :]) / sd[:, None]
+        # c = (Xᵀy/n - μ ȳᵀ) / σ, in place on Xᵀy when the stats are consumed: no
+        # float64 N x M temporaries beside it.
+        assert self.xty is not None
+        c = self.xty if not copy else self.xty.clone()
+        c.div_(n).addr_(mu, y_mean_c, alpha=-1.0).div_(sd[:, None])
         c[~keep] = 0.0
+        corr = c.to(dtype)
+        del c
         gram = None
         if self.gram_counts is not None:
             gram = self._centred_gram(mu, sd, keep, dtype, copy)
+        if not copy:
+            self.xty = None
+            self.consumed = True
         return StandardProblem(
             gram=gram,
-            corr=c.to(dtype),
+            corr=corr,
             y_var=y_var,
             mu=mu,
             sd=sd,
@@ -461,6 +473,9 @@ def standardize_val(
     """
     dev = prob.corr.device
     inv_sd = torch.where(prob.keep, 1.0 / prob.sd, torch.zeros_like(prob.sd))
-    xs = ((x_val.to(dev, torch.float64) - prob.mu) * inv_sd).to(dtype)
+    xs = torch.empty(x_val.shape, dtype=dtype, device=dev)
+    for lo in range(0, x_val.shape[0], _XTY_RUNS):  # float64 scratch: 8 * _XTY_RUNS * N bytes
+        block = x_val[lo : lo + _XTY_RUNS].to(dev, torch.float64)
+        xs[lo : lo + _XTY_RUNS] = ((block - prob.mu) * inv_sd).to(dtype)
     yc = (y_val.to(dev, torch.float64) - prob.y_mean).to(dtype)
     return xs, yc

@@ -271,6 +271,9 @@ ROWS = [
     ("exp", ["fit", "{exp}", "-q", "--n-lambdas", "1"], "n_lambdas"),
     ("exp", ["fit", "{exp}", "-q", "--lambda-ratio", "2"], "lambda_ratio"),
     ("exp", ["fit", "{exp}", "-q", "--max-iter", "0"], "max_iter"),
+    ("exp", ["fit", "{exp}", "-q", "--memory", "0"], "memory"),
+    ("exp", ["fit", "{exp}", "-q", "--memory", "0.01"], "--memory is 0.01 GB"),
+    ("exp", ["fit", "{exp}", "-q", "--memory", "0.01", "--solver", "reference"], "--memory"),
     ("empty", ["fit", "{empty}", "-q"], "runs"),
     ("newer", ["fit", "{newer}", "-q"], NEWER),
     # fits
