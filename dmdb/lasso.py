@@ -121,6 +121,9 @@ class DatamodelLasso(LassoParams):
         the fit runs into statistics; 0 for :meth:`fit_stats` on stats built by hand).
     """
 
+    #: (N, M, validation runs) that ``memory_`` was planned for.
+    _plan_key: tuple[int, ...] = ()
+
     # ------------------------------------------------------------------ fit entries
 
     def fit(self, X: Any, Y: Any, X_val: Any, Y_val: Any) -> DatamodelLasso:
@@ -294,7 +297,7 @@ class DatamodelLasso(LassoParams):
                 if stats is None:
                     n_feat, n_tgt = np.shape(masks)[1], np.shape(margins)[1]
                     plan = getattr(self, "memory_", None)
-                    if plan is None or getattr(self, "_plan_key", ())[:2] != (n_feat, n_tgt):
+                    if plan is None or self._plan_key[:2] != (n_feat, n_tgt):
                         plan = self.plan_memory(n_feat, n_tgt, n_val)
                     stats = GramStats(
                         n_feat, n_tgt,
@@ -314,7 +317,7 @@ class DatamodelLasso(LassoParams):
         x_val, y_val = _check_val(X_val, Y_val, stats.n_features, stats.n_targets)
         if not stats.has_gram and chunks is None:
             raise UsageError("stats were built with gram=False: pass the chunk source too")
-        if getattr(self, "_plan_key", ()) != (stats.n_features, stats.n_targets, len(x_val)):
+        if self._plan_key != (stats.n_features, stats.n_targets, len(x_val)):
             # The solve's share depends on the validation runs: plan its batch for them.
             self.plan_memory(stats.n_features, stats.n_targets, len(x_val),
                              n_fit=stats.n_runs, gram=stats.has_gram)
