@@ -9,14 +9,14 @@ used. The solver itself lives in :mod:`dmdb.lasso`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
-from dmdb import fit_memory
+from dmdb import blocks, fit_memory
 from dmdb.catalog import FIT_TABLES as FIT_TABLES  # the old import paths keep working
 from dmdb.catalog import drop_fit as drop_fit
 from dmdb.catalog import evaluate_fit, record_fit
@@ -26,7 +26,7 @@ from dmdb.catalog import load_fit as load_fit
 from dmdb.catalog import resolve_fit as resolve_fit
 from dmdb.db import Database
 from dmdb.errors import FitError, UsageError
-from dmdb.lasso import DatamodelLasso
+from dmdb.lasso import DatamodelLasso, GramStats
 from dmdb.lasso_params import LassoParams
 from dmdb.metrics import correlations as correlations
 
@@ -36,9 +36,9 @@ MIN_RUNS = {"fit": 10, "val": 2, "test": 3}
 
 @dataclass
 class FitReport:
-    """What one `dmdb fit` did."""
+    """What one `dmdb fit` did (``fit_id`` is None for a block written to a file)."""
 
-    fit_id: int
+    fit_id: int | None
     n_fit: int
     n_val: int
     n_test: int
@@ -47,6 +47,7 @@ class FitReport:
     mean_nnz: float
     seconds: float
     timings: dict[str, float]
+    out: Path | None = None
 
 
 def parse_target_range(text: str | None, n_targets: int) -> tuple[int, int]:
@@ -96,6 +97,8 @@ def fit(
     max_fit_runs: int | None = None,
     target_range: str | tuple[int, int] | None = None,
     learning_curve_of: int | None = None,
+    out: str | Path | None = None,
+    stats: str | Path | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
     **options: Any,
@@ -117,13 +120,19 @@ def fit(
     learning_curve_of : int, optional
         Marks a refit on fewer runs made for another fit's learning curve: it is
         recorded in the parameters, and :func:`latest_fit` skips it.
+    out : path, optional
+        Write the fit as a block file here (:mod:`dmdb.blocks`) instead of into
+        ``db``, which is then only read: many processes can fit blocks at once.
+    stats : path, optional
+        Load the fit runs' statistics from this file (:func:`save_stats`) instead
+        of reading the runs.
     progress : bool
         Show a progress bar over the path.
     echo : callable(str)
-        Where the one-line summary of what is fitted goes.
+        Where the one-line summaries of what is fitted go.
     **options
         Any parameter of :class:`LassoParams` (``solver``, ``tol``, ``max_iter``,
-        ``device``, ...), over the estimator's.
+        ``device``, ``memory``, ...), over the estimator's.
 
     Returns
     -------
@@ -133,6 +142,7 @@ def fit(
     the estimator's ``get_params()`` and what the fit itself adds (see :func:`fit_parameters`).
     """
     started = time.perf_counter()
+    out_path = None if out is None else blocks.check_out_path(out)
     exp = db.experiment
     lo, hi = (target_range if isinstance(target_range, tuple)
               else parse_target_range(target_range, exp.n_targets))
@@ -142,6 +152,8 @@ def fit(
     # The statistics are this fit's own, so the Gram may overwrite their counts.
     est = DatamodelLasso(**(params | {"copy_gram": False, "progress": progress}))
     runs = select_runs(db, alpha, max_fit_runs)
+    saved = (None if stats is None else
+             blocks.load_stats(stats, fingerprint=db.fingerprint, fit_runs=runs["fit"]))
 
     def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for _, masks, margins in db.iter_runs(run_ids=runs["fit"], chunk_runs=est.chunk_size):
@@ -150,32 +162,92 @@ def fit(
     # Checks the parameters, then plans the memory before anything is allocated:
     # a bad option or a budget too small prints its one error line only.
     plan = est.plan_memory(exp.n_train, hi - lo, len(runs["val"]), n_fit=len(runs["fit"]),
-                           all_targets=exp.n_targets)
+                           all_targets=exp.n_targets,
+                           gram=None if saved is None else saved["gram_counts"] is not None)
     echo(f"fitting targets {lo}:{hi} on {len(runs['fit'])} fit / {len(runs['val'])} val"
          f" / {len(runs['test'])} test runs with the {est.solver} solver on {est.device}")
     echo(memory_line(plan, est.memory_budget_, wanted_gram=est.gram))
-    stats = est.read_stats(chunks, len(runs["val"]))
-    constant = stats.constant_targets()
+    if saved is None:
+        stats_ = est.read_stats(chunks, len(runs["val"]))
+    else:
+        stats_ = GramStats.from_state(saved, targets=(lo, hi), device=est.device_)
+        del saved
+    constant = stats_.constant_targets()
     if len(constant):
         raise FitError(
-            f"target {lo + int(constant[0])} has the same margin in all {stats.n_runs} fit "
+            f"target {lo + int(constant[0])} has the same margin in all {stats_.n_runs} fit "
             "runs; a datamodel cannot be fitted to a constant (exclude it with --target-range)"
         )
     _, x_val, y_val = db.load_runs(run_ids=runs["val"])
-    est.fit_stats(stats, x_val, y_val[:, lo:hi], None if stats.has_gram else chunks)
-    del stats
+    est.fit_stats(stats_, x_val, y_val[:, lo:hi], None if stats_.has_gram else chunks)
+    del stats_, x_val, y_val
     test_mse, pearson, spearman = evaluate_fit(db, est.intercept_, est.coef_, runs["test"], lo)
     recorded = fit_parameters(est, max_fit_runs=max_fit_runs, learning_curve_of=learning_curve_of)
-    wall = time.perf_counter() - started
-    fit_id = _write_fit(db, runs, lo, hi, est, est.coef_, test_mse, pearson, spearman,
-                        alpha=alpha, solver=est.solver, device=est.device, params=recorded,
-                        wall=wall)
+    if stats is not None:
+        recorded["stats_file"] = str(stats)
+    record = {
+        "runs": runs, "target_range": (lo, hi), "bias": est.intercept_, "weights": est.coef_,
+        "penalty": est.penalty_, "val_mse": est.val_mse_, "solver": est.solver,
+        "device": est.device, "alpha": alpha, "parameters": recorded,
+        "wall_seconds": time.perf_counter() - started,
+        "test_metrics": (test_mse, pearson, spearman),
+    }
+    if out_path is None:
+        fit_id: int | None = record_fit(db, **record)
+    else:
+        fit_id = None
+        blocks.write_block(out_path, record, fingerprint=db.fingerprint, n_train=exp.n_train,
+                           n_targets=exp.n_targets)
     return FitReport(
         fit_id=fit_id, n_fit=len(runs["fit"]), n_val=len(runs["val"]), n_test=len(runs["test"]),
         n_targets=hi - lo, mean_lds=float(np.nanmean(spearman)) if np.isfinite(spearman).any()
-        else float("nan"), mean_nnz=float(est.nnz_.mean()), seconds=wall,
-        timings=dict(est.timings_),
+        else float("nan"), mean_nnz=float(est.nnz_.mean()), seconds=record["wall_seconds"],
+        timings=dict(est.timings_), out=out_path,
     )
+
+
+def save_stats(
+    db: Database, path: str | Path, *, alpha: float | None = None,
+    max_fit_runs: int | None = None, progress: bool = True,
+    echo: Callable[[str], None] = print, **options: Any,
+) -> Path:
+    """Read the fit runs once into statistics for every target and save them to ``path``.
+
+    Blocks that select the same runs (the same ``alpha`` and ``max_fit_runs``)
+    then load them with ``stats=path`` instead of each reading the runs.
+    """
+    out_path = blocks.check_out_path(path, "--save-stats")
+    exp = db.experiment
+    est = DatamodelLasso(**(options | {"progress": progress}))
+    runs = select_runs(db, alpha, max_fit_runs)
+    est.plan_memory(exp.n_train, exp.n_targets, 0, n_fit=len(runs["fit"]),
+                    all_targets=exp.n_targets)
+    echo(f"computing the statistics of {len(runs['fit'])} fit runs for all {exp.n_targets} "
+         f"targets on {est.device}")
+
+    def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for _, masks, margins in db.iter_runs(run_ids=runs["fit"], chunk_runs=est.chunk_size):
+            yield masks, margins
+
+    stats_ = est.read_stats(chunks)
+    return blocks.save_stats(out_path, stats_.state(), fingerprint=db.fingerprint,
+                             fit_runs=runs["fit"],
+                             selection={"alpha": alpha, "max_fit_runs": max_fit_runs})
+
+
+def merge(db: Database, paths: Sequence[str | Path]) -> int:
+    """Check block files and record them as one fit, in one transaction; return its id."""
+    if not paths:
+        raise UsageError("--merge needs block files: dmdb fit DB --merge block-*.parquet")
+    found = [blocks.read_block(p) for p in paths]
+    blocks.check_blocks(found, fingerprint=db.fingerprint, n_train=db.experiment.n_train)
+    record = blocks.merge_records(found)
+    wanted = np.concatenate(list(record["runs"].values()))
+    present = np.isin(wanted, db.run_ids())
+    if not present.all():
+        raise FitError(f"the blocks were fitted on run {int(wanted[~present][0])}, which is not "
+                       f"in {db.path}")
+    return record_fit(db, **record)
 
 
 def fit_parameters(
@@ -225,16 +297,3 @@ def recorded_options(parameters: dict[str, Any]) -> dict[str, Any]:
     """
     names = set(LassoParams.param_names()) - {"device", "progress", "memory"}
     return {k: v for k, v in parameters.items() if k in names}
-
-
-def _write_fit(
-    db: Database, runs: dict[str, np.ndarray], lo: int, hi: int, est: Any,
-    coef: sp.csr_matrix, test_mse: np.ndarray, pearson: np.ndarray, spearman: np.ndarray,
-    *, alpha: float | None, solver: str, device: str, params: dict[str, Any], wall: float,
-) -> int:
-    """Record a fitted estimator's result with its test metrics (see :func:`record_fit`)."""
-    return record_fit(
-        db, runs=runs, target_range=(lo, hi), bias=est.intercept_, weights=coef,
-        penalty=est.penalty_, val_mse=est.val_mse_, solver=solver, device=device, alpha=alpha,
-        parameters=params, wall_seconds=wall, test_metrics=(test_mse, pearson, spearman),
-    )

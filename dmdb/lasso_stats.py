@@ -156,6 +156,53 @@ class GramStats:
         level = (1.0 + (self.shift + mean_c).abs()) ** 2
         return torch.nonzero(var <= 1e-12 * level).squeeze(1).cpu().numpy()
 
+    def state(self) -> dict[str, Any]:
+        """The statistics as tensors and plain values, for a stats file.
+
+        Returns
+        -------
+        dict
+            ``n_features``, ``n_targets``, ``n_runs``, the kernel's name, and the
+            tensors ``col_counts``, ``gram_counts`` (or None), ``xty``, ``y_sum``,
+            ``y_sq`` and ``shift``, on the CPU.
+        """
+        if self.consumed or self.xty is None or self.shift is None:
+            raise FitError("these GramStats are consumed or empty; nothing to save")
+        cpu = torch.device("cpu")
+        return {
+            "n_features": self.n_features, "n_targets": self.n_targets, "n_runs": self.n_runs,
+            "kernel": None if self.kernel_choice is None else self.kernel_choice.kernel,
+            "col_counts": self.col_counts.to(cpu),
+            "gram_counts": None if self.gram_counts is None else self.gram_counts.to(cpu),
+            "xty": self.xty.to(cpu), "y_sum": self.y_sum.to(cpu), "y_sq": self.y_sq.to(cpu),
+            "shift": self.shift.to(cpu),
+        }
+
+    @classmethod
+    def from_state(
+        cls, state: dict[str, Any], *, targets: tuple[int, int] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> GramStats:
+        """Statistics from :meth:`state`, for the targets ``lo:hi`` only if given.
+
+        The tensors are used as they are where they already live on ``device`` (a
+        memory-mapped file stays mapped until the Gram is standardised over it).
+        """
+        lo, hi = targets if targets is not None else (0, int(state["n_targets"]))
+        dev = torch.device(device)
+        out = cls(int(state["n_features"]), hi - lo, gram=False, device="meta")
+        out.device = dev
+        out.n_runs = int(state["n_runs"])
+        out.col_counts = state["col_counts"].to(dev)
+        gram = state["gram_counts"]
+        out.gram_counts = None if gram is None else gram.to(dev)
+        out.xty = state["xty"][:, lo:hi].to(dev).contiguous()
+        out.y_sum, out.y_sq, out.shift = (state[k][lo:hi].to(dev).clone()
+                                          for k in ("y_sum", "y_sq", "shift"))
+        if state.get("kernel"):
+            out.kernel_choice = KernelChoice(state["kernel"], "computed with the saved stats")
+        return out
+
     @property
     def has_gram(self) -> bool:
         """Whether the N x N co-occurrence counts are accumulated."""

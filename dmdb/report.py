@@ -420,6 +420,7 @@ def _learning_curve_points(ctx: _Context) -> tuple[list[tuple[int, float, int]],
             except FitError as e:
                 notes.append(f"{n} runs: {e}")
                 continue
+            assert result.fit_id is not None  # fitted into the database, not to a block file
             found = result.fit_id
         points.append((n, _mean_lds(db, found), found))
     points.append((row["n_fit"], _mean_lds(db, fid), fid))

@@ -7,8 +7,10 @@ belong to benchmarks); only that every step ran and reported in the agreed form.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,8 +31,10 @@ MLP_FIGURES = ["mlp", "mlp command"]
 
 
 def run_script(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the script with this interpreter (the one whose FFCV the tests look for)."""
+    env = {**os.environ, "PYTHON": sys.executable}
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+                          timeout=timeout, cwd=ROOT, env=env)
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,14 @@ then views. The modules are stacked in this order, lowest first; a module may
 import from its own stage or an earlier one, never from a later one:
 
  1. foundation    version, errors, resources, codec (how masks, margins and timestamps are
-                  stored), metrics, devices, datasets
+                  stored), metrics, devices, datasets, ray_setup (Ray on loopback)
  2. schema        migrations
  3. store         db: the Database, its connections, transactions and reads
  4. catalog       catalog: find, list, record and evaluate fits
  5. ingest        runs, sources, ingest (the engine), writer
  6. training      trainers/*, training (collect), betons
- 7. fitting       lasso_params, lasso_stats, lasso_reference, lasso_solvers, lasso, fitting
+ 7. fitting       lasso_params, lasso_stats, lasso_reference, lasso_solvers, lasso, gram,
+                  fit_memory, fitting, blocks (fits split by targets)
  8. applications  applications, export, verify/*, imported fits, compare
  9. report        report
 10. front         quickstart, cli, the package itself
@@ -33,14 +34,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "dmdb"
 
 STAGES: list[tuple[str, list[str]]] = [
     ("foundation", ["version", "errors", "resources", "codec", "metrics", "devices",
-                    "datasets"]),
+                    "datasets", "ray_setup"]),
     ("schema", ["migrations"]),
     ("store", ["db"]),
     ("catalog", ["catalog"]),
     ("ingest", ["runs", "sources", "ingest", "writer", "spec", "shards"]),
     ("training", ["trainers", "training", "collect", "betons", "cluster"]),
     ("fitting", ["lasso_params", "lasso_stats", "lasso_reference", "lasso_solvers", "lasso",
-                 "fitting", "gram", "blocks"]),
+                 "fitting", "gram", "fit_memory", "blocks"]),
     ("applications", ["applications", "export", "verify", "imported", "import_fit",
                       "compare"]),
     ("report", ["report"]),
