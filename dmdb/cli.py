@@ -429,24 +429,76 @@ def spec(db: str, alpha: float, trainer: str | None, device: str, batch_models: 
               help="Memory budget for the fit's arrays (default: 85% of the free RAM, or of "
               "the GPU's); targets are solved in batches that fit, and a fit that cannot "
               "is refused before it starts.")
+@click.option("--out", metavar="BLOCK.parquet",
+              help="Write the fit of --target-range to this block file, reading DB "
+              "read-only (many processes at once); merge the blocks with --merge.")
+@click.option("--merge", "merge_blocks", is_flag=True,
+              help="Record the block files given after DB as one fit: dmdb fit DB --merge "
+              "block-*.parquet.")
+@click.option("--save-stats", metavar="FILE",
+              help="Only read the fit runs into statistics for every target and save them "
+              "here, for blocks to load with --stats.")
+@click.option("--stats", "stats_file", metavar="FILE",
+              help="Load the fit runs' statistics from FILE (see --save-stats) instead of "
+              "reading the runs.")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True, help="Fit here, or as --blocks Ray tasks merged into one fit.")
+@click.option("--blocks", "n_blocks", type=int, default=1, show_default=True,
+              help="--backend ray: target blocks, one Ray task each.")
+@click.option("--address", help="--backend ray: auto or HOST:PORT of a running cluster "
+              "(default: start a local one on 127.0.0.1).")
+@click.option("--gpus-per-task", type=float, default=0, show_default=True)
+@click.option("--cpus-per-task", type=float, default=1, show_default=True)
+@click.argument("block_files", nargs=-1)
 @quiet_option
 @reports_errors
 def fit(db: str, alpha: float | None, max_fit_runs: int | None, target_range: str | None,
-        quiet: bool, **options: Any) -> None:
+        out: str | None, merge_blocks: bool, save_stats: str | None, stats_file: str | None,
+        backend: str, n_blocks: int, address: str | None, gpus_per_task: float,
+        cpus_per_task: float, block_files: tuple[str, ...], quiet: bool,
+        **options: Any) -> None:
     """Fit a sparse linear datamodel for every target of DB and store it as a new fit.
 
     Each target's L1 penalty is chosen on the validation runs from a path of
     --n-lambdas values; quality (LDS = Spearman of predicted vs actual margins)
     is measured on the test runs.
-    """
-    from dmdb.db import connect
-    from dmdb.fitting import fit as fit_db
 
+    Split by targets: `dmdb fit DB --target-range LO:HI --out block-K.parquet` in
+    each process (or GPU, or machine), then `dmdb fit DB --merge block-*.parquet`;
+    or `dmdb fit DB --backend ray --blocks B` does both.
+    """
+    from dmdb import fitting
+    from dmdb.db import connect
+
+    modes = [name for name, on in (("--out", out), ("--merge", merge_blocks),
+                                   ("--save-stats", save_stats), ("--backend ray",
+                                                                  backend == "ray")) if on]
+    if len(modes) > 1:
+        raise UsageError(f"{' and '.join(modes)} cannot be combined")
+    if block_files and not merge_blocks:
+        raise UsageError(f"unexpected argument {block_files[0]!r} (block files need --merge)")
+    if merge_blocks:
+        fit_id = fitting.merge(connect(db), block_files)
+        click.echo(f"fit {fit_id}: merged {len(block_files)} block(s)")
+        return
     # The options above carry the estimator's parameter names (dmdb.lasso_params),
     # so they pass through as they are.
-    report = fit_db(connect(db), alpha=alpha, max_fit_runs=max_fit_runs,
-                    target_range=target_range, progress=not quiet, echo=click.echo, **options)
-    click.echo(f"fit {report.fit_id}: {report.n_targets} targets, mean LDS (test Spearman) "
+    common: dict[str, Any] = {"alpha": alpha, "max_fit_runs": max_fit_runs, "progress": not quiet,
+              "echo": click.echo}
+    if save_stats:
+        path = fitting.save_stats(connect(db, read_only=True), save_stats, **common, **options)
+        click.echo(f"wrote the statistics to {path}")
+        return
+    if backend == "ray":
+        report = fitting.fit_ray(connect(db), n_blocks=n_blocks, target_range=target_range,
+                                 address=address, gpus_per_task=gpus_per_task,
+                                 cpus_per_task=cpus_per_task, stats=stats_file, **common,
+                                 **options)
+    else:
+        report = fitting.fit(connect(db, read_only=out is not None), target_range=target_range,
+                             out=out, stats=stats_file, **common, **options)
+    what = f"fit {report.fit_id}" if report.out is None else f"block {report.out}"
+    click.echo(f"{what}: {report.n_targets} targets, mean LDS (test Spearman) "
                f"{report.mean_lds:.3f}, mean non-zeros {report.mean_nnz:.1f}, "
                f"{report.seconds:.1f}s")
 

@@ -297,3 +297,111 @@ def recorded_options(parameters: dict[str, Any]) -> dict[str, Any]:
     """
     names = set(LassoParams.param_names()) - {"device", "progress", "memory"}
     return {k: v for k, v in parameters.items() if k in names}
+
+
+def fit_ray(
+    db: Database, *, n_blocks: int, target_range: str | tuple[int, int] | None = None,
+    address: str | None = None, gpus_per_task: float = 0.0, cpus_per_task: float = 1.0,
+    alpha: float | None = None, max_fit_runs: int | None = None,
+    stats: str | Path | None = None, progress: bool = True,
+    echo: Callable[[str], None] = print, **options: Any,
+) -> FitReport:
+    """Fit the targets in ``n_blocks`` Ray tasks, each a block, and merge them into one fit.
+
+    Each task opens the database read-only (on a cluster it must be on a shared
+    file system) and returns its block through Ray's object store; this process
+    checks the blocks and records the fit in one transaction. Without
+    ``address`` a local cluster starts on 127.0.0.1 and stops at the end. With
+    ``stats`` the tasks load saved statistics instead of reading the runs. Without
+    ``memory``, a CPU task's budget is the free memory shared among the tasks that
+    run at once on this machine.
+    """
+    from dmdb.ray_setup import start_ray
+
+    started = time.perf_counter()
+    exp = db.experiment
+    lo, hi = (target_range if isinstance(target_range, tuple)
+              else parse_target_range(target_range, exp.n_targets))
+    if not 1 <= n_blocks <= hi - lo:
+        raise UsageError(f"--blocks must be between 1 and the {hi - lo} targets, got {n_blocks}")
+    if db.in_memory or not Path(db.path).is_file():
+        raise UsageError("--backend ray needs a database file that the tasks can open")
+    runs = select_runs(db, alpha, max_fit_runs)  # refuse a fit without runs before Ray starts
+    DatamodelLasso(**options)._validate_params()
+    if stats is not None:
+        blocks.load_stats(stats, fingerprint=db.fingerprint, fit_runs=runs["fit"])
+    edges = [lo + (hi - lo) * i // n_blocks for i in range(n_blocks + 1)]
+    ray, own, ray_seconds = start_ray(address)
+    try:
+        options = dict(options)
+        if options.get("n_threads") is None:
+            options["n_threads"] = max(1, int(cpus_per_task))
+        if options.get("memory") is None and not gpus_per_task:
+            at_once = max(1, min(n_blocks, int(ray.cluster_resources().get("CPU", 1)
+                                               // max(cpus_per_task, 1e-9))))
+            options["memory"] = fit_memory.default_budget() / at_once / fit_memory.GB
+        echo(f"fitting targets {lo}:{hi} in {n_blocks} Ray block(s) of about "
+             f"{(hi - lo) // n_blocks} targets ({'started' if own else 'joined'} Ray in "
+             f"{ray_seconds:.1f} s)")
+        task = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task,
+                          max_retries=2)(_ray_fit_block)
+        pending = [task.remote(str(Path(db.path).resolve()), (a, b), alpha, max_fit_runs,
+                               None if stats is None else str(Path(stats).resolve()), options)
+                   for a, b in zip(edges, edges[1:], strict=False)]
+        found = []
+        bar = _block_bar(progress, n_blocks)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                try:
+                    data, name = ray.get(ref)
+                except ray.exceptions.RayTaskError as e:
+                    cause = e.cause if isinstance(getattr(e, "cause", None), Exception) else e
+                    raise FitError(f"a Ray fit block failed: {str(cause).splitlines()[0]}") \
+                        from None
+                found.append(blocks.read_block(data, name=name))
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+    finally:
+        if own:
+            ray.shutdown()
+    blocks.check_blocks(found, fingerprint=db.fingerprint, n_train=exp.n_train)
+    record = blocks.merge_records(found)
+    record["wall_seconds"] = time.perf_counter() - started
+    fit_id = record_fit(db, **record)
+    spearman = record["test_metrics"][2]
+    nnz = np.diff(record["weights"].indptr)
+    return FitReport(
+        fit_id=fit_id, n_fit=len(runs["fit"]), n_val=len(runs["val"]), n_test=len(runs["test"]),
+        n_targets=hi - lo, mean_lds=float(np.nanmean(spearman)) if np.isfinite(spearman).any()
+        else float("nan"), mean_nnz=float(nnz.mean()), seconds=record["wall_seconds"],
+        timings=record["parameters"]["timings"],
+    )
+
+
+def _ray_fit_block(
+    path: str, target_range: tuple[int, int], alpha: float | None, max_fit_runs: int | None,
+    stats: str | None, options: dict[str, Any],
+) -> tuple[bytes, str]:
+    """A Ray task: fit one block of targets from the database, read-only; return its bytes."""
+    import tempfile
+
+    from dmdb.db import connect
+
+    lo, hi = target_range
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "block.parquet"
+        fit(connect(path, read_only=True), alpha=alpha, max_fit_runs=max_fit_runs,
+            target_range=(lo, hi), out=out, stats=stats, progress=False, echo=lambda s: None,
+            **options)
+        return out.read_bytes(), f"block {lo}:{hi}"
+
+
+def _block_bar(show: bool, total: int) -> Any:
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="fit blocks", unit="block")

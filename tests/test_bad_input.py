@@ -91,6 +91,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                  ["init", db("digits"), "--dataset", "digits"]):
         code, out, exc, _ = invoke(*args)
         assert code == 0, (args, out, exc)
+    _fit_block_files(tmp, w, db("exp2"))
     shutil.copy(w["exp"], db("newer"))
     con = duckdb.connect(w["newer"])
     con.execute("INSERT INTO dmdb_migrations VALUES (99, '0099_future', now()::TIMESTAMP)")
@@ -106,6 +107,33 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     _npy_files(tmp, w, masks, margins)
     _shard_files(tmp, w, masks, margins)
     return w
+
+
+def _fit_block_files(tmp: Path, w: dict[str, str], exp2: str) -> None:
+    """Block files that do not make one fit, and stats files for other runs or experiments."""
+    fit = ["fit", w["exp"], "-q", "--n-lambdas", "8"]
+    made = {"b0": ["--target-range", "0:2"], "b1": ["--target-range", "2:4"],
+            "b1x": ["--target-range", "1:4"], "b3": ["--target-range", f"3:{M}"],
+            "btol": ["--target-range", "2:4", "--tol", "1e-3"],
+            "bruns": ["--target-range", "2:4", "--max-fit-runs", "100"]}
+    for name, extra in made.items():
+        w[name] = str(tmp / f"{name}.parquet")
+        code, out, exc, _ = invoke(*fit, *extra, "--out", w[name])
+        assert code == 0, (name, out, exc)
+    w["truncated"] = str(tmp / "truncated.parquet")
+    data = Path(w["b1"]).read_bytes()
+    Path(w["truncated"]).write_bytes(data[: len(data) // 2])
+    w["notblock"] = str(tmp / "notblock.parquet")
+    pq.write_table(pa.table({"x": [1, 2]}), w["notblock"])
+    w["stats_few"] = str(tmp / "stats_few.pt")
+    w["stats2"] = str(tmp / "stats2.pt")
+    for args in (["fit", w["exp"], "-q", "--max-fit-runs", "100", "--save-stats",
+                  w["stats_few"]],
+                 ["init", exp2, "-N", str(N), "-M", str(M), "--seed", "7"],
+                 ["ingest", exp2, "--masks", w["m"], "--margins", w["y"], "--alpha", "0.5", "-q"],
+                 ["fit", exp2, "-q", "--save-stats", w["stats2"]]):
+        code, out, exc, _ = invoke(*args)
+        assert code == 0, (args, out, exc)
 
 
 def _npy_files(tmp: Path, w: dict[str, str], masks: np.ndarray, margins: np.ndarray) -> None:
@@ -275,6 +303,29 @@ ROWS = [
     ("exp", ["fit", "{exp}", "-q", "--memory", "0.01"], "--memory is 0.01 GB"),
     ("exp", ["fit", "{exp}", "-q", "--memory", "0.01", "--solver", "reference"], "--memory"),
     ("empty", ["fit", "{empty}", "-q"], "runs"),
+    ("exp", ["fit", "{exp}", "-q", "--device", "cuda"], "CUDA"),
+    # fit split by targets: blocks that do not make one fit, and stats for other runs
+    ("exp", ["fit", "{exp}", "--merge", "{b0}", "{b1x}"], "overlap at targets 1:2"),
+    ("exp", ["fit", "{exp}", "--merge", "{b0}", "{b3}"], "targets 2:3 are in no block"),
+    ("exp", ["fit", "{exp}", "--merge", "{b0}", "{btol}"], "different parameters: tol"),
+    ("exp", ["fit", "{exp}", "--merge", "{b0}", "{bruns}"], "different fit runs"),
+    ("exp", ["fit", "{exp}", "--merge", "{b0}", "{truncated}"], "not a readable block file"),
+    ("exp", ["fit", "{exp}", "--merge", "{b0}", "{plain}"], "not a readable block file"),
+    ("exp", ["fit", "{exp}", "--merge", "{b0}", "{notblock}"], "not a dmdb fit block"),
+    ("exp", ["fit", "{exp}", "--merge", "{b0}", "{tmp}/nothere.parquet"], "not a readable"),
+    ("exp", ["fit", "{exp}", "--merge"], "needs block files"),
+    ("exp", ["fit", "{exp}", "{b0}"], "need --merge"),
+    ("exp2", ["fit", "{exp2}", "--merge", "{b0}", "{b1}"], "another experiment"),
+    ("exp", ["fit", "{exp}", "-q", "--out", "{tmp}/nofolder/b.parquet"], "does not exist"),
+    ("exp", ["fit", "{exp}", "-q", "--out", "{folder}"], "is a folder"),
+    ("exp", ["fit", "{exp}", "-q", "--out", "{tmp}/b.parquet", "--merge"], "cannot be combined"),
+    ("exp", ["fit", "{exp}", "-q", "--stats", "{stats_few}"], "other fit runs"),
+    ("exp", ["fit", "{exp}", "-q", "--stats", "{stats2}"], "another experiment"),
+    ("exp", ["fit", "{exp}", "-q", "--stats", "{plain}"], "not a dmdb stats file"),
+    ("exp", ["fit", "{exp}", "-q", "--stats", "{tmp}/nostats.pt"], "no such file"),
+    ("exp", ["fit", "{exp}", "-q", "--backend", "ray", "--blocks", "0"], "--blocks"),
+    ("exp", ["fit", "{exp}", "-q", "--backend", "ray", "--blocks", "2", "--stats",
+             "{stats_few}"], "other fit runs"),
     ("newer", ["fit", "{newer}", "-q"], NEWER),
     # fits
     ("exp", ["fits", "{exp}", "--drop", "99"], "no fit 99"),
