@@ -500,7 +500,7 @@ def fit(db: str, alpha: float | None, max_fit_runs: int | None, target_range: st
     what = f"fit {report.fit_id}" if report.out is None else f"block {report.out}"
     click.echo(f"{what}: {report.n_targets} targets, mean LDS (test Spearman) "
                f"{report.mean_lds:.3f}, mean non-zeros {report.mean_nnz:.1f}, "
-               f"{report.seconds:.1f}s")
+               f"{report.seconds:.1f}s (+{report.write_seconds:.1f}s to write)")
 
 
 @cli.command()

@@ -9,7 +9,6 @@ under-determined problem (fewer runs than training examples).
 from __future__ import annotations
 
 import shutil
-import types
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,11 @@ import pytest
 from scipy.stats import spearmanr
 
 import dmdb
+from dmdb.catalog import record_fit
 from dmdb.collect import train
 from dmdb.datasets import load_dataset
 from dmdb.errors import DmdbError, TrainerError, UsageError
-from dmdb.fitting import _write_fit, correlations, select_runs
+from dmdb.fitting import correlations, select_runs
 from dmdb.verify import (
     brittleness_results,
     ceiling,
@@ -63,11 +63,11 @@ def store_lasso_fit(db: dmdb.Database, lo: int, hi: int, penalty: float = 0.002)
         coef[j], bias[j] = model.coef_, model.intercept_
     pred = bias + xt @ coef.T
     pearson, spearman = correlations(pred, yt[:, lo:hi])
-    est = types.SimpleNamespace(intercept_=bias, penalty_=np.full(hi - lo, penalty),
-                                nnz_=(coef != 0).sum(axis=1), val_mse_=np.full(hi - lo, np.nan))
-    return _write_fit(db, runs, lo, hi, est, sp.csr_matrix(coef.astype(np.float32)),  # type: ignore[arg-type]
-                      ((pred - yt[:, lo:hi]) ** 2).mean(axis=0), pearson, spearman,
-                      alpha=0.5, solver="test-lasso", device="cpu", params={}, wall=0.0)
+    return record_fit(db, runs=runs, target_range=(lo, hi), bias=bias,
+                      weights=sp.csr_matrix(coef.astype(np.float32)),
+                      penalty=np.full(hi - lo, penalty), val_mse=np.full(hi - lo, np.nan),
+                      solver="test-lasso", device="cpu", alpha=0.5, parameters={},
+                      test_metrics=(((pred - yt[:, lo:hi]) ** 2).mean(axis=0), pearson, spearman))
 
 
 _TEMPLATE: dict[str, Path] = {}
