@@ -221,10 +221,12 @@ def print_rung(r: Rung) -> None:
 
 
 def fit_laws(rungs: list[Rung]) -> dict[str, np.ndarray]:
-    """Per stage, (log c, a, b, m) of t = c n^a N^b M^m, by least squares on the rungs.
+    """Per stage, (log c, a, b, m) of t = c n^a N^b M^m, by least squares in logs.
 
-    With fewer distinct (n/N, M) shapes than unknowns the exponents that cannot be
-    told apart are fixed by the cost model (n^1; M^1 for the fit, M^0 otherwise).
+    These are the exponents the issue asks for, fitted on every rung. On the ladder n
+    and N move together (n = 3N) and only the long rung separates them, so a and b
+    are poorly told apart, and small rungs (fixed costs) pull both down: the
+    extrapolation uses :func:`fit_costs` instead.
     """
     logs = np.log([[r.n, r.N, r.M] for r in rungs], dtype=np.float64)
     laws = {}
@@ -232,16 +234,71 @@ def fit_laws(rungs: list[Rung]) -> dict[str, np.ndarray]:
         t = np.log([max(r.seconds.get(stage, np.nan), 1e-4) for r in rungs])
         ok = np.isfinite(t)
         a = np.column_stack([np.ones(ok.sum()), logs[ok]])
-        free = np.linalg.matrix_rank(a) == 4
-        if free:
-            coef = np.linalg.lstsq(a, t[ok], rcond=None)[0]
-        else:  # the ladder alone: n and N move together; fix a = 1 and m from the model
+        if np.linalg.matrix_rank(a) == 4:
+            laws[stage] = np.linalg.lstsq(a, t[ok], rcond=None)[0]
+        else:  # too few shapes (--reduced): fix a = 1 and m from the cost model
             m_exp = 1.0 if stage in ("stats", "solve", "write") else 0.0
             rest = t[ok] - logs[ok, 0] - m_exp * logs[ok, 2]
             b, c = np.polyfit(logs[ok, 1], rest, 1)
-            coef = np.array([c, 1.0, b, m_exp])
-        laws[stage] = coef
+            laws[stage] = np.array([c, 1.0, b, m_exp])
     return laws
+
+
+#: The work each stage does, as terms in n, N and M (each fitted with a seconds-per-unit
+#: coefficient >= 0): ingest writes n N mask bits and n M margins; the statistics
+#: decode n N mask bits, count the n N² co-occurrences and form Xᵀy, n N M; every
+#: FISTA step multiplies the batch by the Gram, M N² per step, and the validation
+#: products are n N M; the views and the write touch the N M weights.
+COST_TERMS: dict[str, tuple[str, ...]] = {
+    "ingest": ("1", "nN", "nM"),
+    "stats": ("1", "nN", "nN2", "nNM"),
+    "solve": ("1", "MN2", "nNM"),
+    "write": ("1", "NM"),
+    "lds": ("1", "NM"),
+    "predict_subset": ("1", "NM"),
+    "brittleness": ("1", "NM"),
+}
+
+
+def _term(term: str, n: float, n_feat: float, m: float) -> float:
+    return {"1": 1.0, "nN": n * n_feat, "nM": n * m, "nN2": n * n_feat**2,
+            "nNM": n * n_feat * m, "MN2": m * n_feat**2, "NM": n_feat * m}[term]
+
+
+def fit_costs(rungs: list[Rung]) -> dict[str, dict[str, float]]:
+    """Per stage, seconds per unit of each of its :data:`COST_TERMS`, by non-negative
+    least squares on the rungs' times, each rung weighted by 1 / its time (so that
+    relative errors count alike)."""
+    from scipy.optimize import nnls
+
+    costs = {}
+    for stage, terms in COST_TERMS.items():
+        t = np.array([r.seconds.get(stage, np.nan) for r in rungs])
+        ok = np.isfinite(t) & (t > 0)
+        a = np.array([[_term(k, r.n, r.N, r.M) for k in terms] for r in rungs])[ok]
+        scale = a.max(axis=0)
+        scale[scale == 0] = 1.0
+        wts = 1.0 / t[ok]
+        coef, _ = nnls(a / scale * wts[:, None], t[ok] * wts)
+        costs[stage] = dict(zip(terms, coef / scale, strict=True))
+    return costs
+
+
+def predict_cost(cost: dict[str, float], n: float, n_feat: float, m: float) -> float:
+    return sum(c * _term(k, n, n_feat, m) for k, c in cost.items())
+
+
+def describe_cost(cost: dict[str, float]) -> str:
+    """``0.8 s + 2.1 ns · nN + ...``: the fitted seconds per unit of each term."""
+    parts = []
+    for k, c in cost.items():
+        if c <= 0:
+            continue
+        if k == "1":
+            parts.append(f"{c:.2f} s")
+        else:
+            parts.append(f"{c * 1e9:.3g} ns·{k}")
+    return " + ".join(parts) or "0"
 
 
 def predict(law: np.ndarray, n: float, n_feat: float, m: float) -> float:
@@ -267,22 +324,34 @@ def _timed(f: object) -> float:
     return time.perf_counter() - t0
 
 
-def extrapolate(laws: dict[str, np.ndarray], cpu_rate: float) -> dict[str, dict[str, float]]:
-    """Seconds per stage at the paper's size: this CPU (fitted laws), one H200, 8 GPUs."""
+def extrapolate(costs: dict[str, dict[str, float]],
+                cpu_rate: float) -> dict[str, dict[str, float]]:
+    """Seconds per stage at the paper's size: this CPU (fitted costs), one H200, 8 GPUs.
+
+    On a GPU, the statistics still decode the masks on the host (the fitted ``nN``
+    term); the n N² co-occurrence counts run as int8 products and Xᵀy as float32,
+    each at :data:`H200`'s published rate times its efficiency. The solve's matmul
+    terms are scaled by the ratio of float32 matmul rates (it is matmul-bound), its
+    fixed cost is not. With 8 GPUs each fits M/8 targets, and each recounts the
+    statistics unless they are computed once and shared (``--stats``).
+    """
     n, n_feat, m = PAPER["n"], PAPER["N"], PAPER["M"]
-    cpu = {s: predict(laws[s], n, n_feat, m) for s in STAGES}
+    cpu = {s: predict_cost(costs[s], n, n_feat, m) for s in STAGES}
     eff = H200["efficiency"]
-    # The Gram: n N² multiply-adds as 0/1 int8 products; the solve: the CPU's fitted
-    # time scaled by the ratio of float32 matmul rates (it is matmul-bound), but never
-    # faster than reading the N x N Gram once per step from HBM.
-    gram_gpu = 2 * n * n_feat**2 / (H200["int8_ops"] * eff)
-    solve_gpu = cpu["solve"] * cpu_rate / (H200["fp32_flops"] * eff)
-    gpu = dict(cpu) | {"stats": gram_gpu, "solve": solve_gpu}
-    eight = dict(gpu) | {"solve": solve_gpu / 8}  # each GPU fits M/8 targets; all recount
+    st = costs["stats"]
+    stats_gpu = (st.get("1", 0.0) + st.get("nN", 0.0) * n * n_feat
+                 + 2 * n * n_feat**2 / (H200["int8_ops"] * eff)
+                 + 2 * n * n_feat * m / (H200["fp32_flops"] * eff))
+    so = costs["solve"]
+    speed = cpu_rate / (H200["fp32_flops"] * eff)
+    solve_gpu = so.get("1", 0.0) + (cpu["solve"] - so.get("1", 0.0)) * speed
+    gpu = dict(cpu) | {"stats": stats_gpu, "solve": solve_gpu}
+    eight_solve = so.get("1", 0.0) + (cpu["solve"] - so.get("1", 0.0)) * speed / 8
+    eight = dict(gpu) | {"solve": eight_solve}
     return {"this CPU": cpu, "one H200": gpu, "8 GPUs (target blocks)": eight}
 
 
-def plot(rungs: list[Rung], laws: dict[str, np.ndarray], path: Path) -> None:
+def plot(rungs: list[Rung], costs: dict[str, dict[str, float]], path: Path) -> None:
     """Log-log time and peak memory against N: measured (filled), extrapolated (open)."""
     import matplotlib
 
@@ -302,9 +371,9 @@ def plot(rungs: list[Rung], laws: dict[str, np.ndarray], path: Path) -> None:
                           ("brittleness", "C3")):
         ys = [r.seconds[stage] for r in ladder]
         ax_t.loglog(xs, ys, "o-", color=colour, label=f"{stage} (measured)")
-        ax_t.loglog(grid, [predict(laws[stage], ratio * g, g, m) for g in grid], "o--",
+        ax_t.loglog(grid, [predict_cost(costs[stage], ratio * g, g, m) for g in grid], "o--",
                     mfc="none", color=colour, alpha=0.7)
-    ax_t.plot([], [], "o--", mfc="none", color="grey", label="extrapolated (fitted law)")
+    ax_t.plot([], [], "o--", mfc="none", color="grey", label="extrapolated (fitted costs)")
     ax_t.set(xlabel=f"N (training examples); n = {ratio:g}N runs, {m} targets fitted",
              ylabel="seconds", title="time per stage")
     ax_t.legend(fontsize=8)
@@ -352,6 +421,8 @@ def main() -> None:
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "scale.png")
     p.add_argument("--json", type=Path, help="also write the measurements here")
     p.add_argument("--work", type=Path, help="folder for the rungs' databases (default: temp)")
+    p.add_argument("--from-json", type=Path,
+                   help="re-analyse rungs saved with --json instead of measuring them")
     args = p.parse_args()
     print(cpu_name())
     sizes = [int(s) for s in args.rungs.split(",")]
@@ -361,25 +432,56 @@ def main() -> None:
     mid = sizes[1] if len(sizes) > 1 else sizes[0]
     rungs.append(Rung(f"long N={mid:,}", 6 * mid, mid, args.targets, args.all_targets))
     rungs.append(Rung(f"wide N={mid:,}", 3 * mid, mid, args.wide_targets, args.wide_targets))
-    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
-        done = [measure(r, Path(tmp), args.threads) for r in rungs]
+    if args.from_json:
+        done = [Rung(**d) for d in json.loads(args.from_json.read_text())]
+        print(f"(re-analysing {len(done)} rungs measured earlier: {args.from_json})")
+        for r in done:
+            print(f"\n== {r.name}: n={r.n:,}, N={r.N:,}, M={r.M:,} fitted of {r.M_all:,} ==")
+            print_rung(r)
+    else:
+        with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+            done = [measure(r, Path(tmp), args.threads) for r in rungs]
     laws = fit_laws(done)
-    print("\n== fitted laws t = c · n^a · N^b · M^m (fitted on the measured rungs) ==")
+    print("\n== fitted exponents, t = c · n^a · N^b · M^m over all rungs (see fit_laws) ==")
     for stage, (_c, a, b, m) in laws.items():
         print(f"  {stage:15s} a(n) {a:5.2f}  b(N) {b:5.2f}  m(M) {m:5.2f}")
+    ladder = sorted((r for r in done if r.name.startswith("N=")), key=lambda r: r.N)
+    if len(ladder) >= 2:
+        lo, hi = ladder[-2], ladder[-1]
+        local = ", ".join(
+            f"{s} {np.log(hi.seconds[s] / lo.seconds[s]) / np.log(hi.N / lo.N):.2f}"
+            for s in ("ingest", "stats", "solve"))
+        print(f"  along the ladder's top two rungs (N {lo.N:,} -> {hi.N:,}, n = 3N): "
+              f"exponent of N: {local}")
+    costs = fit_costs(done)
+    print("\n== fitted costs (seconds per unit of work; used to extrapolate) ==")
+    for stage, cost in costs.items():
+        pred = [predict_cost(cost, r.n, r.N, r.M) / r.seconds[stage] for r in done]
+        print(f"  {stage:15s} {describe_cost(cost)}   (fit / measured on the rungs "
+              f"{min(pred):.2f}-{max(pred):.2f})")
     worst = max(abs(r.estimate / r.rss["fit"] - 1) for r in done)
     print(f"\nmemory formula against measured fit peak RSS: worst {100 * worst:.0f}% off over "
           f"{len(done)} rungs (target: within 25%)")
     rate = matmul_rate(args.threads)
     print(f"\n== extrapolated to the paper's size (n={PAPER['n']:,}, N={PAPER['N']:,}, "
           f"M={PAPER['M']:,}); this CPU's float32 matmul {rate / 1e9:.0f} GFLOP/s (measured) ==")
-    for where, stages in extrapolate(laws, rate).items():
+    for where, stages in extrapolate(costs, rate).items():
         total = sum(stages[s] for s in ("stats", "solve", "write"))
         parts = ", ".join(f"{s} {_human(stages[s])}" for s in STAGES)
         print(f"  {where}: fit {_human(total)} ({parts}) [extrapolated]")
-    if args.json:
+    from dmdb import fit_memory
+
+    paper = fit_memory.estimate(fit_memory.FitShape(
+        n_train=PAPER["N"], n_targets=PAPER["M"], n_val=PAPER["n"] // 10, chunk=4096),
+        gram=True, target_batch=PAPER["M"])
+    block = fit_memory.estimate(fit_memory.FitShape(
+        n_train=PAPER["N"], n_targets=PAPER["M"] // 8, n_val=PAPER["n"] // 10, chunk=4096,
+        all_targets=PAPER["M"]), gram=True, target_batch=PAPER["M"] // 8)
+    print(f"  memory (formula): one fit of all targets {paper.peak / 1e9:.1f} GB; a block of "
+          f"M/8 {block.peak / 1e9:.1f} GB [extrapolated]")
+    if args.json and not args.from_json:
         args.json.write_text(json.dumps([asdict(r) for r in done], indent=1))
-    plot(done, laws, args.plot)
+    plot(done, costs, args.plot)
 
 
 def _human(seconds: float) -> str:

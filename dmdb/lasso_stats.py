@@ -248,12 +248,15 @@ class GramStats:
                 self.kernel_choice = choose_kernel(
                     self.gram_kernel, self.device, self.n_features, a.shape[0])
             add_gram(self.gram_counts, a, self.kernel_choice.kernel)
-        self.col_counts += a.sum(dim=0, dtype=torch.int64)
-        # Xᵀy in float64, _XTY_RUNS runs at a time: the float64 copy of the masks is
-        # the scratch, 8 * _XTY_RUNS * N bytes, not 8 * k * N.
+        # Xᵀy and the column counts in float64 (exact), _XTY_RUNS runs at a time: the
+        # float64 copy of the masks is the scratch, 8 * _XTY_RUNS * N bytes, not 8 * k * N
+        # (a.sum(dtype=int64) would make an int64 copy of the whole chunk).
         assert self.xty is not None  # only consumed stats lack it, refused above
         for lo in range(0, a.shape[0], _XTY_RUNS):
-            self.xty += a[lo : lo + _XTY_RUNS].to(torch.float64).T @ yc[lo : lo + _XTY_RUNS]
+            part = a[lo : lo + _XTY_RUNS].to(torch.float64)
+            self.xty += part.T @ yc[lo : lo + _XTY_RUNS]
+            self.col_counts += part.sum(dim=0).to(torch.int64)
+            del part
         self.y_sum += yc.sum(dim=0)
         self.y_sq += (yc * yc).sum(dim=0)
         return self
