@@ -389,6 +389,10 @@ def plot(rungs: list[Rung], costs: dict[str, dict[str, float]], path: Path) -> N
     ax_m.text(xs[0], 26, "this machine: 24 GB", fontsize=8)
     ax_m.set(xlabel="N (training examples)", ylabel="GB", title="fit peak memory")
     ax_m.legend(fontsize=8)
+    from matplotlib.ticker import NullFormatter
+
+    for ax in (ax_t, ax_m):
+        ax.xaxis.set_minor_formatter(NullFormatter())
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -20,9 +20,8 @@ the process's own :data:`BASE_BYTES`:
   validation runs ``n_v N (1 + 2 d)`` (uint8, standardised, and its transposed
   copy), their margins ``16 n_v M``, and per target in the batch
   ``SOLVER_ROW_VALUES · d · N`` (the FISTA state: iterate, products, momentum,
-  warm start, best weights and a step's temporaries), plus, per row, when
-  ``n < N`` takes active-set Newton steps, ``NEWTON_ROW_BYTES · N`` and the kept
-  Cholesky factor of its active set, at most ``d (n - 1)²`` (:mod:`dmdb.active_set`).
+  warm start, best weights and a step's temporaries), plus ``NEWTON_ROW_BYTES · N``
+  per row when ``n < N`` takes active-set Newton steps.
 
 Without the Gram (``gram=False``) the ``N²`` terms drop out and the solve streams
 a chunk per step, ``k N (1 + d)`` more. The test runs are scored after the solve,
@@ -74,7 +73,6 @@ class FitShape:
     dtype_bytes: int = 4
     device: str = "cpu"
     newton: bool = False
-    n_fit: int = 0  # fit runs (with newton: the largest active set is n_fit - 1)
 
 
 @dataclass
@@ -117,12 +115,6 @@ def estimate(shape: FitShape, *, gram: bool, target_batch: int) -> MemoryEstimat
     m_all = shape.all_targets or m
     w = min(n, GRAM_BLOCK["cuda" if shape.device.startswith("cuda") else "cpu"])
     b = max(1, min(int(target_batch), m))
-    per_row = n * SOLVER_ROW_VALUES * d
-    if shape.newton:
-        # The row's Cholesky factor of its active set (dmdb.active_set), at most
-        # (n_fit - 1)² values in the Gram's dtype, and the Newton step's scratch.
-        largest = min(n, max(1, shape.n_fit - 1)) if shape.n_fit else n
-        per_row += NEWTON_ROW_BYTES * n + d * largest * largest
     counts = 4 * n * n if gram else 0
     parts = {
         "counts": counts,
@@ -133,7 +125,7 @@ def estimate(shape: FitShape, *, gram: bool, target_batch: int) -> MemoryEstimat
         "gram": (8 * n * n if d == 8 else 4 * n * n) if gram else 0,
         "val": nv * n * (1 + 2 * d) + 16 * nv * m,
         "stream": 0 if gram else k * n * (1 + d),
-        "batch": b * per_row,
+        "batch": b * n * (SOLVER_ROW_VALUES * d + (NEWTON_ROW_BYTES if shape.newton else 0)),
     }
     phases = {
         "statistics": parts["counts"] + parts["xty"] + parts["chunk"],

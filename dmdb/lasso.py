@@ -209,7 +209,7 @@ class DatamodelLasso(LassoParams):
         shape = fit_memory.FitShape(
             n_train=n_feat, n_targets=n_tgt, n_val=n_val, chunk=chunk, all_targets=all_targets,
             dtype_bytes=8 if self.dtype == "float64" else 4, device=str(self.device_),
-            newton=n_fit is not None and n_fit < n_feat, n_fit=n_fit or 0)
+            newton=n_fit is not None and n_fit < n_feat)
         # The reference solver cannot go Gram-free, so its plan keeps the Gram or fails.
         plan = fit_memory.plan(shape, budget, gram=self.gram if gram is None else gram,
                                target_batch=self.target_batch, fallback=gram is None)

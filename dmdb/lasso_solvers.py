@@ -29,9 +29,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dmdb.active_set import Factors, SolveCounts, newton_points
-from dmdb.active_set import support_solve as _support_solve  # noqa: F401  (tests' old path)
-
 # The shared types and the reference solver keep their old import path here.
 from dmdb.lasso_reference import lasso_cd as lasso_cd
 from dmdb.lasso_reference import reference_path as reference_path
@@ -61,8 +58,18 @@ _MAXSTEP = 3.0
 #: FISTA steps before a row whose Newton step failed tries Newton again.
 _NEWTON_RETRY = 10
 
+#: Largest estimated relative error of a float32 support solve (else float64).
+_F32_ERROR = 1e-4
+
+#: Ridge added to C_AA for the factorisation; iterative refinement removes its bias.
+_RIDGE = 1e-9
+_REFINE = 2
+
 #: Step lengths tried along the Newton direction (the objective is convex along it).
 _THETAS = (1.0, 0.5, 0.25, 0.125, 1.0 / 16, 1.0 / 64)
+
+#: Most float64 entries (rows x |A|²) in one batch of support solves (32 MB).
+_SOLVE_BUDGET = 1 << 22
 
 
 # ----------------------------------------------------------------------------
@@ -187,18 +194,14 @@ class _Batch:
     best_gap: torch.Tensor
     n_iter: torch.Tensor
     newton_at: torch.Tensor  # (B,) step at this λ of the row's next Newton attempt
-    fac: torch.Tensor  # (B, W, W) Cholesky factors of the rows' last active sets
-    fidx: torch.Tensor  # (B, W) their features, -1 = padding (dmdb.active_set.Factors)
 
     def select(self, keep: torch.Tensor) -> _Batch:
         return _Batch(**{name: val[keep] for name, val in self.__dict__.items()})
 
     @staticmethod
     def cat(a: _Batch, b: _Batch) -> _Batch:
-        f = Factors.cat(Factors(a.fac, a.fidx), Factors(b.fac, b.fidx))
-        return _Batch(**({name: torch.cat([va, getattr(b, name)])
-                          for name, va in a.__dict__.items() if name not in ("fac", "fidx")}
-                         | {"fac": f.fac, "fidx": f.idx}))
+        return _Batch(**{name: torch.cat([va, getattr(b, name)])
+                         for name, va in a.__dict__.items()})
 
 
 def _new_batch(tgt: torch.Tensor, corr_t: torch.Tensor, step: float) -> _Batch:
@@ -209,7 +212,6 @@ def _new_batch(tgt: torch.Tensor, corr_t: torch.Tensor, step: float) -> _Batch:
         return torch.zeros(b, n_feat, dtype=dtype, device=dev)
 
     long0 = torch.zeros(b, dtype=torch.int64, device=dev)
-    no_factors = Factors.empty(b, dtype, dev)
     return _Batch(
         tgt=tgt, alive=torch.ones(b, dtype=torch.bool, device=dev), k=long0.clone(),
         x=zeros(), cx=zeros(), x_old=zeros(), cx_old=zeros(), sol=zeros(), csol=zeros(),
@@ -220,7 +222,6 @@ def _new_batch(tgt: torch.Tensor, corr_t: torch.Tensor, step: float) -> _Batch:
         best_mse=torch.full((b,), math.inf, dtype=torch.float64, device=dev),
         best_k=long0.clone(), best_gap=torch.zeros(b, dtype=torch.float64, device=dev),
         n_iter=long0.clone(), newton_at=long0.clone(),
-        fac=no_factors.fac, fidx=no_factors.idx,
     )
 
 
@@ -331,8 +332,6 @@ def fista_path(
     if sparse:
         out.rows, out.cols, out.vals = (np.concatenate(a) for a in zip(*sparse, strict=True))
     out.path = path
-    if run.gram is not None:
-        out.solves = dict(run.solves.__dict__)
     return out
 
 
@@ -350,7 +349,6 @@ class _PathSetup:
     yc_val_t: torch.Tensor  # (M, n_val) centred validation margins, transposed
     inv_l: float  # 1 / the Lipschitz constant of the gradient
     eff_tol: float  # the gap each λ aims at (tol, or 0.9 tol in float32)
-    solves: SolveCounts  # what the Newton steps' factorisations did
 
     @classmethod
     def build(
@@ -380,7 +378,6 @@ class _PathSetup:
             yc_val_t=yc_val.T.contiguous(),
             inv_l=1.0 / max(lipschitz(op, n_feat, dtype, dev), 1e-12),
             eff_tol=tol * (_F32_TOL_FACTOR if dtype == torch.float32 else 1.0),
-            solves=SolveCounts(),
         )
 
 
@@ -390,7 +387,7 @@ def _step(st: _Batch, run: _PathSetup, lam: torch.Tensor) -> None:
     use_newton = None if gram is None else st.alive & (st.it_lam >= st.newton_at)
     if gram is not None and use_newton is not None and bool(use_newton.any()):
         _newton_step(st, torch.nonzero(use_newton).squeeze(1), run.op, gram, lam,
-                     run.max_active, run.solves)
+                     run.max_active)
         if bool(use_newton.all()):
             return
         _fista_step(st, run.op, lam, run.inv_l,
@@ -447,14 +444,13 @@ def _fista_step(
 
 def _newton_step(
     st: _Batch, rows: torch.Tensor, op: Callable[[torch.Tensor], torch.Tensor],
-    gram: torch.Tensor, lam: torch.Tensor, max_active: int, counts: SolveCounts | None = None,
+    gram: torch.Tensor, lam: torch.Tensor, max_active: int,
 ) -> None:
     """One active-set Newton step (primal-dual active set) for ``rows``, with line search.
 
     With ``g = c - C x`` and ``u = x + g`` (the coordinate-descent point: C has a unit
     diagonal), the active set is ``A = {|u| > λ}`` with signs ``s = sign(u)``; the
-    Newton point solves ``C_AA w_A = c_A - λ s_A`` (a Cholesky factor of C_AA kept per
-    row and extended as A grows, refined against C: :mod:`dmdb.active_set`) and is 0
+    Newton point solves ``C_AA w_A = c_A - λ s_A`` exactly (float64 Cholesky) and is 0
     elsewhere. The Lasso objective is convex along ``x + θ(w - x)``, so the best of a
     few θ in (0, 1] is taken if it lowers the objective; otherwise the row goes back
     to FISTA for the rest of this λ. Momentum restarts at the new point.
@@ -470,11 +466,8 @@ def _newton_step(
         kth = torch.topk(excess, max_active, dim=1).values[:, -1:]
         act &= (excess >= kth) | (n_act <= max_active)[:, None]
     rhs = c.double() - lam_r.double()[:, None] * torch.sign(u).double()
-    factors = Factors(st.fac, st.fidx)
-    if factors.fac.dtype != gram.dtype:
-        factors = Factors.empty(st.tgt.numel(), gram.dtype, gram.device)
-    w_new, cw_new = newton_points(gram, op, factors, rows, act, rhs, x.dtype, counts)
-    st.fac, st.fidx = factors.fac, factors.idx
+    w_new = _support_solve(gram, act, rhs).to(x.dtype)
+    cw_new = op(w_new)
     d, cd = w_new - x, cw_new - cx
     d64, cd64 = d.double(), cd.double()
     lin = torch.linalg.vecdot(d64, (cx - c).double())
@@ -502,6 +495,109 @@ def _newton_step(
     st.newton_at[rows] = torch.where(ok, it, it + _NEWTON_RETRY)
     st.it_lam[rows] += 1
     st.n_iter[rows] += 1
+
+
+def _support_solve(gram: torch.Tensor, act: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Solve ``C_AA w_A = rhs_A`` per row (A = the row's True entries of ``act``).
+
+    Rows are sorted by |A| and solved in padded batches (padding is identity) of at
+    most ``_SOLVE_BUDGET`` matrix entries, factored in the Gram's dtype. A row whose
+    float32 factorisation fails is retried in float64 with a ``_RIDGE`` ridge and
+    ``_REFINE`` steps of iterative refinement (the float64 path for a float64 Gram).
+    A row whose Cholesky still fails (C_AA singular: more active features than fit
+    runs) gets w = 0, which its line search rejects.
+
+    Returns float64 (R, N), zero outside A.
+    """
+    n_rows, n_feat = act.shape
+    out = torch.zeros(n_rows, n_feat, dtype=torch.float64, device=act.device)
+    sizes = act.sum(dim=1)
+    order = torch.argsort(sizes, stable=True)
+    # Active indices first, in increasing feature order (stable sort of the 0/1 key).
+    idx_all = torch.argsort((~act).to(torch.int8), dim=1, stable=True)
+    sizes_l = sizes[order].tolist()
+    lo = 0
+    while lo < n_rows:
+        hi = lo + 1
+        while hi < n_rows and (hi + 1 - lo) * sizes_l[hi] ** 2 <= _SOLVE_BUDGET:
+            hi += 1
+        a_max = int(sizes_l[hi - 1])
+        if a_max == 0:
+            lo = hi
+            continue
+        r = order[lo:hi]
+        idx = idx_all[r, :a_max]  # (b, a)
+        valid = torch.arange(a_max, device=act.device)[None, :] < sizes[r][:, None]
+        g = gram[idx[:, :, None], idx[:, None, :]]
+        # Padding becomes the identity in place: two passes, no (b, a, a) mask.
+        m = valid.to(g.dtype)
+        g.mul_(m[:, :, None]).mul_(m[:, None, :])
+        g.diagonal(dim1=-2, dim2=-1).add_(1.0 - m)
+        b = torch.where(valid, torch.gather(rhs[r], 1, idx), torch.zeros((), dtype=rhs.dtype))
+        w, info = _cholesky_solve_padded(g, b)
+        w = torch.where(valid & (info == 0)[:, None] & torch.isfinite(w), w, 0.0)
+        out[r[:, None], idx] = torch.where(valid, w, out[r[:, None], idx])
+        lo = hi
+    return out
+
+
+def _cholesky_solve_padded(g: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve a batch of padded systems ``g w = b``, float32 first where ``g`` is float32.
+
+    Parameters
+    ----------
+    g : tensor of shape (B, a, a)
+        Symmetric positive (semi-)definite systems, identity in their padding.
+    b : float64 tensor of shape (B, a)
+
+    Returns
+    -------
+    w : float64 tensor of shape (B, a)
+    info : int32 tensor of shape (B,)
+        0 where the final (float64) Cholesky factorisation succeeded.
+    """
+    device = g.device
+    info = torch.ones(g.shape[0], dtype=torch.int32, device=device)
+    w = torch.zeros_like(b)
+    if g.dtype != torch.float64:
+        # A float32 Gram is factored in float32: the Newton point only steers the
+        # step (the line search and the certified gap judge it), and on digits
+        # (n = 233-800) this left every step count unchanged at 1.4-1.8x the speed.
+        # Rows whose float32 solve fails or is ill-conditioned are redone below.
+        chol, info = torch.linalg.cholesky_ex(g)
+        b32 = b.to(g.dtype)[:, :, None]
+        w32 = _chol_solve(chol, b32)
+        # One float32 refinement step. Its size is of the order of the solve's
+        # forward error (cond(C_AA)·eps): rows where it exceeds _F32_ERROR of the
+        # solution are ill-conditioned and are redone in float64.
+        step = _chol_solve(chol, b32 - g @ w32)
+        w32 = w32 + step
+        big = step.abs().amax(dim=(1, 2)) > _F32_ERROR * w32.abs().amax(dim=(1, 2))
+        info = torch.where(big, torch.ones_like(info), info)
+        w = w32.squeeze(2).double()
+    retry = info != 0
+    if bool(retry.any()):
+        # Every row of a float64 Gram comes here: take the batch as it is, uncopied.
+        every = bool(retry.all())
+        g64 = (g if every else g[retry]).double()
+        b64 = (b if every else b[retry])[:, :, None]
+        eye = torch.diag_embed(torch.ones(g64.shape[:2], dtype=torch.float64, device=device))
+        chol, info_r = torch.linalg.cholesky_ex(g64 + _RIDGE * eye)
+        w_r = _chol_solve(chol, b64)
+        for _ in range(_REFINE):
+            w_r = w_r + _chol_solve(chol, b64 - g64 @ w_r)
+        w[retry], info[retry] = w_r.squeeze(2), info_r
+    return w, info
+
+
+def _chol_solve(chol: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(L Lᵀ)⁻¹ b`` by two batched triangular solves.
+
+    Measured on the CPU (100 systems of 430, one right-hand side each): 0.03 s,
+    against 0.08-0.19 s for ``torch.cholesky_solve``, which solves them one by one.
+    """
+    z = torch.linalg.solve_triangular(chol, b, upper=False)
+    return torch.linalg.solve_triangular(chol.mT, z, upper=True)
 
 
 def _advance(

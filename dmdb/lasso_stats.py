@@ -425,9 +425,6 @@ class PathResult:
         (target, λ) steps that ended at ``max_iter`` above the gap tolerance.
     path : list of arrays of shape (N, M), or None
         Every λ's weights, only when asked for (tests).
-    solves : dict, or None
-        Active-set Newton steps only: row solves whose Cholesky factor was reused,
-        extended, factored afresh, or redone in float64 (:mod:`dmdb.active_set`).
     """
 
     rows: np.ndarray
@@ -439,7 +436,6 @@ class PathResult:
     n_iter: np.ndarray
     n_capped: int = 0
     path: list[np.ndarray] | None = field(default=None)
-    solves: dict[str, int] | None = field(default=None)
 
     @classmethod
     def empty(cls, n_tgt: int) -> PathResult:

@@ -128,3 +128,28 @@ def test_blocked_counts_are_exact_past_one_block(kernel: str) -> None:
     add_gram(out, a, kernel)
     a64 = a.to(torch.float64)
     assert torch.equal(out, (a64.T @ a64).to(torch.int32) + 5)
+
+
+def test_scale_ladder_runs_at_reduced_size(tmp_path: Path) -> None:
+    """benchmarks/scale.py --reduced: every rung's commands run as users run them, the
+    fit's own estimate is near the peak RSS measured in its process, and the laws,
+    the extrapolation and the plot come out (the full ladder is a benchmark)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "scale.py"), "--reduced", "--threads", "1",
+         "--plot", str(tmp_path / "scale.png"), "--json", str(tmp_path / "scale.json"),
+         "--work", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, check=True).stdout
+    rungs = json.loads((tmp_path / "scale.json").read_text())
+    assert [r["name"].split(" ")[0] for r in rungs] == ["N=60", "N=120", "N=240", "long",
+                                                        "wide"]
+    for r in rungs:
+        assert set(r["seconds"]) == {"ingest", "stats", "solve", "write", "lds",
+                                     "predict_subset", "brittleness"}
+        assert 0.6 < r["estimate"] / r["rss"]["fit"] < 1.5, r
+        assert r["disk"] > 0
+    assert "fitted costs" in out and "[extrapolated]" in out and "one H200" in out
+    assert (tmp_path / "scale.png").stat().st_size > 10_000

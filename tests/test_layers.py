@@ -11,8 +11,8 @@ import from its own stage or an earlier one, never from a later one:
  4. catalog       catalog: find, list, record and evaluate fits
  5. ingest        runs, sources, ingest (the engine), writer
  6. training      trainers/*, training (collect), betons
- 7. fitting       lasso_params, lasso_stats, lasso_reference, active_set (Newton
-                  points), lasso_solvers, lasso, gram, fit_memory, fitting, blocks
+ 7. fitting       lasso_params, lasso_stats, lasso_reference, lasso_solvers, lasso, gram,
+                  fit_memory, fitting, blocks (fits split by targets)
  8. applications  applications, export, verify/*, imported fits, compare
  9. report        report
 10. front         quickstart, cli, the package itself
@@ -40,8 +40,8 @@ STAGES: list[tuple[str, list[str]]] = [
     ("catalog", ["catalog"]),
     ("ingest", ["runs", "sources", "ingest", "writer", "spec", "shards"]),
     ("training", ["trainers", "training", "collect", "betons", "cluster"]),
-    ("fitting", ["lasso_params", "lasso_stats", "lasso_reference", "active_set",
-                 "lasso_solvers", "lasso", "fitting", "gram", "fit_memory", "blocks"]),
+    ("fitting", ["lasso_params", "lasso_stats", "lasso_reference", "lasso_solvers", "lasso",
+                 "fitting", "gram", "fit_memory", "blocks"]),
     ("applications", ["applications", "export", "verify", "imported", "import_fit",
                       "compare"]),
     ("report", ["report"]),
