@@ -17,8 +17,8 @@ the process's own :data:`BASE_BYTES`:
   their working copy adds ``d N M``;
 * **solve**: the Gram ``d' N²`` (``d' = 4`` in place, or 8), the correlations
   twice ``2 d N M`` (the problem's and the solver's transposed copy), the
-  validation runs ``n_v N (1 + 2 d)`` (uint8, standardised, and its transposed
-  copy), their margins ``16 n_v M``, and per target in the batch
+  validation runs ``n_v N (1 + d)`` (uint8, and standardised straight into the
+  solver's transposed layout), their margins ``16 n_v M``, and per target in the batch
   ``SOLVER_ROW_VALUES · d · N`` (the FISTA state: iterate, products, momentum,
   warm start, best weights and a step's temporaries), plus ``NEWTON_ROW_BYTES · N``
   per row when ``n < N`` takes active-set Newton steps.
@@ -123,7 +123,7 @@ def estimate(shape: FitShape, *, gram: bool, target_batch: int) -> MemoryEstimat
         + 4 * k * m_all + 16 * k * m,
         "corr": d * n * m,
         "gram": (8 * n * n if d == 8 else 4 * n * n) if gram else 0,
-        "val": nv * n * (1 + 2 * d) + 16 * nv * m,
+        "val": nv * n * (1 + d) + 16 * nv * m,
         "stream": 0 if gram else k * n * (1 + d),
         "batch": b * n * (SOLVER_ROW_VALUES * d + (NEWTON_ROW_BYTES if shape.newton else 0)),
     }

@@ -363,9 +363,8 @@ class _PathSetup:
             # (n=628, N=1297: >7x); with n > N FISTA needs a few cheap steps per λ and
             # Newton's Cholesky costs 5-6x more (n=2,700 and 9,000, N=2,000).
             newton = prob.n_runs < n_feat
-        xs_val, yc_val = standardize_val(prob, x_val, y_val, dtype)
-        xs_val_t = xs_val.T.contiguous()  # (N, n_val): the right operand of the CSR product
-        del xs_val
+        # (N, n_val): the right operand of the CSR product, built transposed (one copy).
+        xs_val_t, yc_val = standardize_val(prob, x_val, y_val, dtype, transposed=True)
         return cls(
             op=op,
             gram=op.gram if newton and isinstance(op, GramOperator) else None,

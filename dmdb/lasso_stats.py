@@ -505,7 +505,8 @@ def lambda_grid(lam_max: np.ndarray, n_lambdas: int, lambda_ratio: float) -> np.
 
 
 def standardize_val(
-    prob: StandardProblem, x_val: torch.Tensor, y_val: torch.Tensor, dtype: torch.dtype
+    prob: StandardProblem, x_val: torch.Tensor, y_val: torch.Tensor, dtype: torch.dtype,
+    *, transposed: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Standardise validation runs with the *fit* statistics.
 
@@ -513,19 +514,27 @@ def standardize_val(
     ----------
     x_val : uint8 tensor of shape (n_val, N)
     y_val : float64 tensor of shape (n_val, M)
+    transposed : bool
+        Return ``xs`` as (N, n_val), written so in blocks: the solver's layout, with
+        no second n_val x N copy.
 
     Returns
     -------
-    xs : tensor of shape (n_val, N)
+    xs : tensor of shape (n_val, N), or (N, n_val) if transposed
         ``(x - μ) / σ``, 0 in dropped columns.
     yc : tensor of shape (n_val, M)
         ``y - ȳ``.
     """
     dev = prob.corr.device
     inv_sd = torch.where(prob.keep, 1.0 / prob.sd, torch.zeros_like(prob.sd))
-    xs = torch.empty(x_val.shape, dtype=dtype, device=dev)
-    for lo in range(0, x_val.shape[0], _XTY_RUNS):  # float64 scratch: 8 * _XTY_RUNS * N bytes
+    n_val, n_feat = x_val.shape
+    xs = torch.empty((n_feat, n_val) if transposed else (n_val, n_feat), dtype=dtype, device=dev)
+    for lo in range(0, n_val, _XTY_RUNS):  # float64 scratch: 8 * _XTY_RUNS * N bytes
         block = x_val[lo : lo + _XTY_RUNS].to(dev, torch.float64)
-        xs[lo : lo + _XTY_RUNS] = ((block - prob.mu) * inv_sd).to(dtype)
+        part = ((block - prob.mu) * inv_sd).to(dtype)
+        if transposed:
+            xs[:, lo : lo + _XTY_RUNS] = part.T
+        else:
+            xs[lo : lo + _XTY_RUNS] = part
     yc = (y_val.to(dev, torch.float64) - prob.y_mean).to(dtype)
     return xs, yc

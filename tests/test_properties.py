@@ -4,6 +4,7 @@
   number of runs, mask and margin dtypes and layouts, in memory or on file)
   comes back bit-exact from ``load_runs``.
 - The fast solver agrees with the reference solver on random small problems.
+- Spearman ranks (numpy) equal scipy.stats.rankdata, ties included.
 """
 
 from __future__ import annotations
@@ -144,3 +145,17 @@ def test_fast_solver_agrees_with_reference(problem: dict) -> None:
 
     rms = np.sqrt(((predict(fast) - predict(ref)) ** 2).mean(axis=0))
     assert np.all(rms <= PREDICTION_TOLERANCE * y.std(axis=0)), rms / y.std(axis=0)
+
+
+@PROPERTY
+@given(n=st.integers(1, 40), k=st.integers(1, 5), levels=st.integers(1, 6),
+       seed=st.integers(0, 2**31 - 1))
+def test_rank_columns_is_scipys_rankdata(n: int, k: int, levels: int, seed: int) -> None:
+    """Spearman's ranks (dmdb.metrics, numpy only) equal scipy's average ranks, ties
+    included: few levels make many ties; one level makes a constant column."""
+    from scipy.stats import rankdata
+
+    from dmdb.metrics import rank_columns
+
+    a = np.random.default_rng(seed).integers(0, levels, size=(n, k)).astype(np.float64)
+    assert np.array_equal(rank_columns(a), rankdata(a, axis=0))
