@@ -301,11 +301,6 @@ def describe_cost(cost: dict[str, float]) -> str:
     return " + ".join(parts) or "0"
 
 
-def predict(law: np.ndarray, n: float, n_feat: float, m: float) -> float:
-    return float(np.exp(law[0] + law[1] * np.log(n) + law[2] * np.log(n_feat)
-                        + law[3] * np.log(m)))
-
-
 def matmul_rate(threads: int) -> float:
     """This CPU's float32 matmul rate (FLOP/s), measured here: the solve's kind of work."""
     import torch
@@ -342,12 +337,10 @@ def extrapolate(costs: dict[str, dict[str, float]],
     stats_gpu = (st.get("1", 0.0) + st.get("nN", 0.0) * n * n_feat
                  + 2 * n * n_feat**2 / (H200["int8_ops"] * eff)
                  + 2 * n * n_feat * m / (H200["fp32_flops"] * eff))
-    so = costs["solve"]
-    speed = cpu_rate / (H200["fp32_flops"] * eff)
-    solve_gpu = so.get("1", 0.0) + (cpu["solve"] - so.get("1", 0.0)) * speed
-    gpu = dict(cpu) | {"stats": stats_gpu, "solve": solve_gpu}
-    eight_solve = so.get("1", 0.0) + (cpu["solve"] - so.get("1", 0.0)) * speed / 8
-    eight = dict(gpu) | {"solve": eight_solve}
+    fixed = costs["solve"].get("1", 0.0)
+    matmuls = (cpu["solve"] - fixed) * cpu_rate / (H200["fp32_flops"] * eff)
+    gpu = dict(cpu) | {"stats": stats_gpu, "solve": fixed + matmuls}
+    eight = dict(gpu) | {"solve": fixed + matmuls / 8}
     return {"this CPU": cpu, "one H200": gpu, "8 GPUs (target blocks)": eight}
 
 
