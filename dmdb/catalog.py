@@ -20,8 +20,8 @@ from dmdb.version import __version__
 
 # Tables keyed by fit_id, children first; later applications add theirs here.
 FIT_TABLES = [
-    "weights", "datamodels", "fit_runs", "embeddings", "target_similarity", "verify_runs",
-    "noise_ceiling", "fits",
+    "interactions", "weights", "datamodels", "fit_runs", "embeddings", "target_similarity",
+    "verify_runs", "noise_ceiling", "fits",
 ]
 
 
@@ -73,8 +73,14 @@ def drop_fit(db: Database, fit_id: int) -> None:
             con.execute(f"DELETE FROM {table} WHERE fit_id = ?", [fit_id])
 
 
+#: A fit's pairwise weights (migration 0005): target (0-based within the fit's range),
+#: train_a < train_b, weight; int64, int64, int64, float32 arrays of one length.
+Pairs = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
 def evaluate_fit(
-    db: Database, bias: np.ndarray, weights: Any, run_ids: np.ndarray, lo: int = 0
+    db: Database, bias: np.ndarray, weights: Any, run_ids: np.ndarray, lo: int = 0,
+    pairs: Pairs | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A fit's quality on held-out runs: per-target MSE, Pearson and Spearman (LDS).
 
@@ -85,13 +91,35 @@ def evaluate_fit(
     weights : scipy sparse or dense array of shape (k, N), mask space
     run_ids : int array
         The evaluation runs (a fit's test runs).
+    pairs : Pairs, optional
+        A second-order fit's interactions, added for pairs with both members in a run.
     """
     _, x, y = db.load_runs(run_ids=run_ids)
     k = len(bias)
     pred = np.asarray(bias, np.float64)[None, :] + np.asarray((weights @ x.T.astype(np.float32)).T)
+    if pairs is not None:
+        pred += pair_predictions(x, *pairs, n_targets=k)
     actual = y[:, lo : lo + k]
     pearson, spearman = correlations(pred, actual)
     return ((pred - actual) ** 2).mean(axis=0), pearson, spearman
+
+
+def pair_predictions(masks: np.ndarray, target: np.ndarray, a: np.ndarray, b: np.ndarray,
+                     weight: np.ndarray, n_targets: int, block: int = 1024) -> np.ndarray:
+    """Σ_{pairs of target t with both members in the mask} φ: float64 (n, n_targets)."""
+    import scipy.sparse as sp
+
+    masks = np.asarray(masks)
+    out = np.zeros((len(masks), n_targets))
+    if not len(weight):
+        return out
+    scatter = sp.csr_matrix((np.asarray(weight, np.float64), (np.arange(len(weight)), target)),
+                            shape=(len(weight), n_targets))
+    for lo in range(0, len(masks), block):
+        x = masks[lo: lo + block].astype(bool)
+        both = (x[:, a] & x[:, b]).astype(np.float64)
+        out[lo: lo + block] = np.asarray(both @ scatter)
+    return out
 
 
 def _nan_to_null(values: np.ndarray) -> pa.Array:
@@ -114,6 +142,7 @@ def record_fit(
     alpha: float | None = None,
     wall_seconds: float = 0.0,
     test_metrics: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    pairs: Pairs | None = None,
 ) -> int:
     """Store a fit (computed here or anywhere else) as a new fit_id, in one transaction.
 
@@ -128,6 +157,9 @@ def record_fit(
     penalty, val_mse : float arrays of shape (hi - lo,), optional (NULL where unknown)
     test_metrics : (mse, pearson, spearman), optional
         Computed with :func:`evaluate_fit` on ``runs['test']`` when not given.
+    pairs : Pairs, optional
+        A second-order fit's interactions (``target`` counted from ``lo``), written
+        to ``interactions``; ``parameters['pairs']`` should then say its K.
     """
     import scipy.sparse as sp
 
@@ -136,7 +168,7 @@ def record_fit(
     coef = sp.csr_matrix(weights, dtype=np.float32)
     coef.eliminate_zeros()
     if test_metrics is None:
-        test_metrics = evaluate_fit(db, bias, coef, runs["test"], lo)
+        test_metrics = evaluate_fit(db, bias, coef, runs["test"], lo, pairs)
     test_mse, pearson, spearman = test_metrics
     nan = np.full(k, np.nan)
     splits = ("fit", "val", "test")
@@ -160,6 +192,16 @@ def record_fit(
         "train_idx": pa.array(coef.indices.astype(np.int32)),
         "weight": pa.array(coef.data.astype(np.float32)),
     })
+    target, a, b, phi = pairs if pairs is not None else (np.zeros(0, np.int64),) * 3 + (
+        np.zeros(0, np.float32),)
+    if len(phi) and not (np.asarray(a) < np.asarray(b)).all():
+        raise UsageError("interactions must have train_a < train_b")
+    interactions_tbl = pa.table({  # noqa: F841
+        "target_idx": pa.array((np.asarray(target) + lo).astype(np.int32)),
+        "train_a": pa.array(np.asarray(a).astype(np.int32)),
+        "train_b": pa.array(np.asarray(b).astype(np.int32)),
+        "weight": pa.array(np.asarray(phi, np.float32)),
+    })
     with db.transaction() as con:
         fit_id = int(con.execute("SELECT coalesce(max(fit_id), 0) + 1 FROM fits"
                                  ).fetchall()[0][0])
@@ -171,5 +213,7 @@ def record_fit(
         con.execute("INSERT INTO fit_runs SELECT ?, run_id, split FROM fit_runs_tbl", [fit_id])
         con.execute("INSERT INTO datamodels SELECT ?, * FROM datamodels_tbl", [fit_id])
         con.execute("INSERT INTO weights SELECT ?, * FROM weights_tbl", [fit_id])
+        if len(phi):
+            con.execute("INSERT INTO interactions SELECT ?, * FROM interactions_tbl", [fit_id])
     db.checkpoint()
     return fit_id

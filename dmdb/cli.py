@@ -441,6 +441,9 @@ def spec(db: str, alpha: float, trainer: str | None, device: str, batch_models: 
 @click.option("--stats", "stats_file", metavar="FILE",
               help="Load the fit runs' statistics from FILE (see --save-stats) instead of "
               "reading the runs.")
+@click.option("--pairs", type=int, metavar="K",
+              help="Second-order datamodels: add sparse pairwise interactions among each "
+              "target's top K examples (stored in table interactions).")
 @click.option("--backend", type=click.Choice(["local", "ray"]), default="local",
               show_default=True, help="Fit here, or as --blocks Ray tasks merged into one fit.")
 @click.option("--blocks", "n_blocks", type=int, default=1, show_default=True,
@@ -454,7 +457,7 @@ def spec(db: str, alpha: float, trainer: str | None, device: str, batch_models: 
 @reports_errors
 def fit(db: str, alpha: float | None, max_fit_runs: int | None, target_range: str | None,
         out: str | None, merge_blocks: bool, save_stats: str | None, stats_file: str | None,
-        backend: str, n_blocks: int, address: str | None, gpus_per_task: float,
+        pairs: int | None, backend: str, n_blocks: int, address: str | None, gpus_per_task: float,
         cpus_per_task: float, block_files: tuple[str, ...], quiet: bool,
         **options: Any) -> None:
     """Fit a sparse linear datamodel for every target of DB and store it as a new fit.
@@ -473,6 +476,10 @@ def fit(db: str, alpha: float | None, max_fit_runs: int | None, target_range: st
     modes = [name for name, on in (("--out", out), ("--merge", merge_blocks),
                                    ("--save-stats", save_stats), ("--backend ray",
                                                                   backend == "ray")) if on]
+    if pairs is not None and modes:
+        raise UsageError(f"--pairs cannot be combined with {modes[0]}: blocks, merged fits and "
+                         "shared statistics are linear; fit second-order datamodels in one "
+                         "process")
     if len(modes) > 1:
         raise UsageError(f"{' and '.join(modes)} cannot be combined")
     if block_files and not merge_blocks:
@@ -496,7 +503,7 @@ def fit(db: str, alpha: float | None, max_fit_runs: int | None, target_range: st
                                  **options)
     else:
         report = fitting.fit(connect(db, read_only=out is not None), target_range=target_range,
-                             out=out, stats=stats_file, **common, **options)
+                             out=out, stats=stats_file, pairs=pairs, **common, **options)
     what = f"fit {report.fit_id}" if report.out is None else f"block {report.out}"
     click.echo(f"{what}: {report.n_targets} targets, mean LDS (test Spearman) "
                f"{report.mean_lds:.3f}, mean non-zeros {report.mean_nnz:.1f}, "

@@ -321,6 +321,11 @@ class Database:
             with self.connection(write=True) as con:
                 con.execute("CHECKPOINT")
 
+    def has_table(self, name: str) -> bool:
+        """Whether the database has table ``name`` (a file read before a migration may not)."""
+        rows = self.sql("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name])
+        return bool(rows.column(0)[0].as_py())
+
     def has_view(self, name: str) -> bool:
         """Whether the database defines view ``name`` (older files may lack newer views)."""
         rows = self.sql("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [name])
@@ -500,6 +505,23 @@ class Database:
             shape=(exp.n_targets, exp.n_train), dtype=np.float32,
         )
         return bias, weights
+
+    def load_interactions(self, fit_id: int) -> Any:
+        """A fit's pairwise weights (migration 0005): (target_idx, train_a, train_b, weight).
+
+        int64 arrays for the indices and a float32 array for the weights, with
+        ``train_a < train_b``; all empty for a linear fit. prediction(S) adds the
+        weights of the pairs with both members in S to :meth:`load_fit`'s sum.
+        """
+        self.check_fit(fit_id)
+        if not self.has_table("interactions"):
+            empty = np.zeros(0, np.int64)
+            return empty, empty, empty, np.zeros(0, np.float32)
+        t = self.sql("SELECT target_idx, train_a, train_b, weight FROM interactions "
+                     "WHERE fit_id = ? ORDER BY target_idx, train_a, train_b", [fit_id])
+        return (*(t.column(c).to_numpy().astype(np.int64)
+                  for c in ("target_idx", "train_a", "train_b")),
+                t.column("weight").to_numpy().astype(np.float32))
 
 
 def experiment_fingerprint(

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from dmdb import blocks, fit_memory
+from dmdb import pairs as pair_stage
 from dmdb.catalog import FIT_TABLES as FIT_TABLES  # the old import paths keep working
 from dmdb.catalog import drop_fit as drop_fit
 from dmdb.catalog import evaluate_fit, record_fit
@@ -25,6 +26,7 @@ from dmdb.catalog import list_fits as list_fits
 from dmdb.catalog import load_fit as load_fit
 from dmdb.catalog import resolve_fit as resolve_fit
 from dmdb.db import Database
+from dmdb.devices import torch_threads
 from dmdb.errors import FitError, UsageError
 from dmdb.lasso import DatamodelLasso, GramStats
 from dmdb.lasso_params import LassoParams
@@ -100,6 +102,7 @@ def fit(
     learning_curve_of: int | None = None,
     out: str | Path | None = None,
     stats: str | Path | None = None,
+    pairs: int | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
     **options: Any,
@@ -127,6 +130,10 @@ def fit(
     stats : path, optional
         Load the fit runs' statistics from this file (:func:`save_stats`) instead
         of reading the runs.
+    pairs : int, optional
+        Fit second-order datamodels (:mod:`dmdb.pairs`): the linear fit, then
+        sparse interactions among each target's top ``pairs`` examples, written to
+        ``interactions``. Not with ``out`` (block files hold linear fits).
     progress : bool
         Show a progress bar over the path.
     echo : callable(str)
@@ -154,6 +161,11 @@ def fit(
               else parse_target_range(target_range, exp.n_targets))
     if not 0 <= lo < hi <= exp.n_targets:
         raise UsageError(f"--target-range {lo}:{hi} is outside the targets 0:{exp.n_targets}")
+    if pairs is not None:
+        pairs = pair_stage.check_pairs(pairs, exp.n_train)
+        if out_path is not None:
+            raise UsageError("--pairs cannot be combined with --out: block files hold linear "
+                             "fits; fit the second-order datamodels in one process")
     params = (estimator.get_params() if estimator is not None else {}) | options
     # The statistics are this fit's own, so the Gram may overwrite their counts.
     est = DatamodelLasso(**(params | {"copy_gram": False, "progress": progress}))
@@ -170,6 +182,8 @@ def fit(
     plan = est.plan_memory(exp.n_train, hi - lo, len(runs["val"]), n_fit=len(runs["fit"]),
                            all_targets=exp.n_targets,
                            gram=None if saved is None else saved["gram_counts"] is not None)
+    if pairs is not None:
+        _check_pair_memory(est, plan, pairs, hi - lo, len(runs["val"]))
     echo(f"fitting targets {lo}:{hi} on {len(runs['fit'])} fit / {len(runs['val'])} val"
          f" / {len(runs['test'])} test runs with the {est.solver} solver on {est.device}")
     echo(memory_line(plan, est.memory_budget_, wanted_gram=est.gram))
@@ -186,7 +200,7 @@ def fit(
         )
     _, x_val, y_val = db.load_runs(run_ids=runs["val"])
     est.fit_stats(stats_, x_val, y_val[:, lo:hi], None if stats_.has_gram else chunks)
-    del stats_, x_val, y_val
+    del stats_
     test_mse, pearson, spearman = evaluate_fit(db, est.intercept_, est.coef_, runs["test"], lo)
     recorded = fit_parameters(est, max_fit_runs=max_fit_runs, learning_curve_of=learning_curve_of)
     if stats is not None:
@@ -195,9 +209,13 @@ def fit(
         "runs": runs, "target_range": (lo, hi), "bias": est.intercept_, "weights": est.coef_,
         "penalty": est.penalty_, "val_mse": est.val_mse_, "solver": est.solver,
         "device": est.device, "alpha": alpha, "parameters": recorded,
-        "wall_seconds": time.perf_counter() - started,
         "test_metrics": (test_mse, pearson, spearman),
     }
+    if pairs is not None:
+        record = _second_order(db, est, record, pairs, chunks, x_val, y_val[:, lo:hi],
+                               progress=progress, echo=echo)
+    del x_val, y_val
+    record["wall_seconds"] = time.perf_counter() - started
     t_write = time.perf_counter()
     if out_path is None:
         fit_id: int | None = record_fit(db, **record)
@@ -212,6 +230,67 @@ def fit(
         else float("nan"), mean_nnz=float(est.nnz_.mean()), seconds=record["wall_seconds"],
         timings=dict(est.timings_), out=out_path, write_seconds=write_seconds,
     )
+
+
+def _check_pair_memory(est: DatamodelLasso, plan: fit_memory.MemoryEstimate, k: int,
+                       n_targets: int, n_val: int) -> None:
+    """Refuse, before any work, a pair stage that cannot fit beside the linear fit's result."""
+    need = pair_stage.pair_bytes(k, n_targets, n_val, est.chunk_size, plan.target_batch,
+                                 8 if est.dtype == "float64" else 4)
+    budget = est.memory_budget_
+    if need > budget:
+        gb = fit_memory.GB
+        raise FitError(
+            f"--pairs {k} needs about {need / gb:.2f} GB for the pair features of {n_targets} "
+            f"targets, over the {budget / gb:.2f} GB budget; lower --pairs, fit fewer targets "
+            "(--target-range) or raise --memory")
+
+
+def _second_order(
+    db: Database, est: DatamodelLasso, record: dict[str, Any], k: int,
+    chunks: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]], x_val: np.ndarray,
+    y_val: np.ndarray, *, progress: bool, echo: Callable[[str], None],
+) -> dict[str, Any]:
+    """The pair stage on top of the linear fit in ``record``: the record of the whole model."""
+    lo, _ = record["target_range"]
+    n_targets = len(est.intercept_)
+    linear_seconds = sum(est.timings_.values())
+    bar = _targets_bar(progress, n_targets)
+    with torch_threads(est.n_threads):
+        fitted = pair_stage.fit_pairs(
+            chunks, x_val, y_val, coef=est.coef_, intercept=est.intercept_, mean=est.mean_,
+            k=k, tol=float(est.tol), max_iter=int(est.max_iter), patience=int(est.patience),
+            device=est.device_, target_batch=est.memory_.target_batch,
+            progress=None if bar is None else bar.update)
+    if bar is not None:
+        bar.close()
+    interactions = (fitted.target, fitted.a, fitted.b, fitted.weight)
+    linear_lds = float(np.nanmean(record["test_metrics"][2]))
+    metrics = evaluate_fit(db, fitted.intercept, fitted.coef, record["runs"]["test"], lo,
+                           interactions)
+    pair_seconds = fitted.info["timings"]["total"]
+    info = fitted.info | {
+        "linear_seconds": linear_seconds, "cost_ratio": (linear_seconds + pair_seconds)
+        / max(linear_seconds, 1e-9), "linear_mean_lds": linear_lds,
+        "mean_pairs": len(fitted.weight) / max(n_targets, 1)}
+    echo(f"pairs: {len(fitted.weight) / max(n_targets, 1):.1f} interactions per target of "
+         f"{info['candidates']} candidates (top {k}); mean LDS {linear_lds:.3f} linear -> "
+         f"{float(np.nanmean(metrics[2])):.3f} second-order; {info['cost_ratio']:.2f}x the "
+         f"linear fit's time")
+    record = record | {
+        "bias": fitted.intercept, "weights": fitted.coef, "val_mse": fitted.val_mse,
+        "test_metrics": metrics, "pairs": interactions,
+        "parameters": record["parameters"] | {"pairs": k, "pair_fit": info},
+    }
+    return record
+
+
+def _targets_bar(show: bool, total: int) -> Any:
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="pairs", unit="target")
 
 
 def save_stats(

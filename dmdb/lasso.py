@@ -115,6 +115,8 @@ class DatamodelLasso(LassoParams):
     gram_kernel_ : dmdb.gram.KernelChoice or None
         The kernel that counted ``XᵀX`` and why (with the measured times); None
         without the Gram.
+    mean_ : float64 array of shape (N,)
+        The fit runs' column means μ (the second-order stage centres by them).
     n_fit_runs_, n_val_runs_ : int
     timings_ : dict
         Seconds spent on "gram" (standardising), "solve" and "stats" (reading
@@ -377,6 +379,7 @@ class DatamodelLasso(LassoParams):
         self.n_iter_ = res.n_iter
         self.gap_ = res.gap
         self.lambdas_ = lambdas
+        self.mean_ = mu
         self.n_fit_runs_ = prob.n_runs
         self.n_val_runs_ = n_val
         self.n_capped_ = res.n_capped

@@ -1,9 +1,11 @@
--- top_influencers: every target's 10 most positive and 10 most negative training examples
--- by datamodel weight, for every fit. top_influencers_k(fit, top_k) takes another count.
+-- top_influencers: every target's 10 most helpful and 10 most harmful training examples by
+-- influence (view example_influence; for a linear fit, the datamodel weight), for every fit.
+-- top_influencers_k(fit, top_k) takes another count.
 -- Columns: fit_id, target_idx, sign ('+' helps the target's margin, '-' hurts it),
---   rank (1 = largest |weight| of that sign), train_idx, weight.
--- Ties in |weight| are broken by the smaller train_idx first. A target with fewer than 10
--- non-zero weights of a sign gets fewer rows.
+--   rank (1 = largest |influence| of that sign), train_idx, weight (the linear weight),
+--   influence (= weight + alpha * the example's pair weights; = weight for a linear fit).
+-- Ties in |influence| are broken by the smaller train_idx first. A target with fewer than 10
+-- examples of non-zero influence of a sign gets fewer rows.
 -- Example: the training examples that most support target 7 (DESIGN.md: most of them are
 -- usually images of the same class):
 --   SELECT t.rank, t.train_idx, t.weight, e.label

@@ -12,7 +12,7 @@ import from its own stage or an earlier one, never from a later one:
  5. ingest        runs, sources, ingest (the engine), writer
  6. training      trainers/*, training (collect), betons
  7. fitting       lasso_params, lasso_stats, lasso_reference, lasso_solvers, lasso, gram,
-                  fit_memory, fitting, blocks (fits split by targets)
+                  fit_memory, fitting, blocks (fits split by targets), pairs (second order)
  8. applications  applications, export, verify/*, imported fits, compare
  9. report        report
 10. front         quickstart, cli, the package itself
@@ -41,7 +41,7 @@ STAGES: list[tuple[str, list[str]]] = [
     ("ingest", ["runs", "sources", "ingest", "writer", "spec", "shards"]),
     ("training", ["trainers", "training", "collect", "betons", "cluster"]),
     ("fitting", ["lasso_params", "lasso_stats", "lasso_reference", "lasso_solvers", "lasso",
-                 "fitting", "gram", "fit_memory", "blocks"]),
+                 "fitting", "gram", "fit_memory", "blocks", "pairs"]),
     ("applications", ["applications", "export", "verify", "imported", "import_fit",
                       "compare"]),
     ("report", ["report"]),

@@ -336,7 +336,7 @@ def _plan_counterfactuals(
     if n_targets == 0:
         return []
     before = fit.margin_before()
-    n_pos = np.diff((fit.weights > 0).tocsr().indptr)
+    n_pos = fit.n_positive()
     good = fit.fitted[(before[fit.fitted] > 0) & (n_pos[fit.fitted] >= max(ks))]
     chosen = choose_targets(stream_rng(exp_seed, STREAM_COUNTERFACTUAL, seed, fit.fit_id, 0),
                             good, fit.fitted, n_targets)
