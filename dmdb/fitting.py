@@ -183,7 +183,7 @@ def fit(
                            all_targets=exp.n_targets,
                            gram=None if saved is None else saved["gram_counts"] is not None)
     if pairs is not None:
-        _check_pair_memory(est, plan, pairs, hi - lo, len(runs["val"]))
+        _check_pair_memory(est, plan, pairs, hi - lo, len(runs["val"]), exp.n_train)
     echo(f"fitting targets {lo}:{hi} on {len(runs['fit'])} fit / {len(runs['val'])} val"
          f" / {len(runs['test'])} test runs with the {est.solver} solver on {est.device}")
     echo(memory_line(plan, est.memory_budget_, wanted_gram=est.gram))
@@ -224,6 +224,7 @@ def fit(
         blocks.write_block(out_path, record, fingerprint=db.fingerprint, n_train=exp.n_train,
                            n_targets=exp.n_targets)
     write_seconds = time.perf_counter() - t_write
+    spearman = record["test_metrics"][2]
     return FitReport(
         fit_id=fit_id, n_fit=len(runs["fit"]), n_val=len(runs["val"]), n_test=len(runs["test"]),
         n_targets=hi - lo, mean_lds=float(np.nanmean(spearman)) if np.isfinite(spearman).any()
@@ -233,17 +234,19 @@ def fit(
 
 
 def _check_pair_memory(est: DatamodelLasso, plan: fit_memory.MemoryEstimate, k: int,
-                       n_targets: int, n_val: int) -> None:
+                       n_targets: int, n_val: int, n_train: int) -> None:
     """Refuse, before any work, a pair stage that cannot fit beside the linear fit's result."""
     need = pair_stage.pair_bytes(k, n_targets, n_val, est.chunk_size, plan.target_batch,
-                                 8 if est.dtype == "float64" else 4)
+                                 n_train=n_train)
     budget = est.memory_budget_
-    if need > budget:
+    # Counted on top of the linear fit's peak: the pair stage runs beside its result.
+    if plan.peak + need > budget:
         gb = fit_memory.GB
         raise FitError(
-            f"--pairs {k} needs about {need / gb:.2f} GB for the pair features of {n_targets} "
-            f"targets, over the {budget / gb:.2f} GB budget; lower --pairs, fit fewer targets "
-            "(--target-range) or raise --memory")
+            f"--pairs {k} needs about {need / gb:.3f} GB for the pair features of {n_targets} "
+            f"targets beside the linear fit's {plan.peak / gb:.3f} GB, over the "
+            f"{budget / gb:.3f} GB budget; lower --pairs, fit fewer targets (--target-range) "
+            "or raise --memory")
 
 
 def _second_order(

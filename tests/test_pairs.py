@@ -1,0 +1,245 @@
+"""Second-order datamodels (issue 13): the pair stage against scikit-learn, planted pairs
+recovered, the mask-space map exact, and `dmdb fit --pairs` end to end with bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from sklearn.linear_model import Lasso
+
+import dmdb
+from dmdb import fit_memory
+from dmdb import pairs as P
+from dmdb.catalog import pair_predictions
+from dmdb.cli import cli
+from dmdb.lasso import DatamodelLasso, array_chunks
+from dmdb.metrics import correlations
+from tests.conftest import counts, run_table
+
+N, M = 30, 3
+PLANTED = [(0, 1, -1.2), (2, 5, 0.9), (1, 7, -0.8)]  # (a, b, φ) for every target
+
+
+def planted(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bernoulli(0.5) masks; margins linear in the mask plus the planted pairs and noise."""
+    truth = np.random.default_rng(99)  # one datamodel for every split
+    theta = np.zeros((N, M))
+    # Heavy-tailed, and at least 1.5 in size, so the 10 are each target's top 10.
+    theta[:10] = (np.sign(truth.standard_normal((10, M)))
+                  * (1.5 + np.abs(truth.standard_t(3, (10, M)))))
+    rng = np.random.default_rng(seed)
+    x = (rng.random((n, N)) < 0.5).astype(np.uint8)
+    y = x @ theta
+    for a, b, phi in PLANTED:
+        y += phi * (x[:, a] * x[:, b])[:, None]
+    return x, y + 0.3 * rng.standard_normal(y.shape)
+
+
+@pytest.fixture(scope="module")
+def linear() -> dict[str, object]:
+    x, y = planted(3000, 0)
+    xv, yv = planted(600, 1)
+    xt, yt = planted(600, 2)
+    est = DatamodelLasso(n_lambdas=20, tol=1e-7, max_iter=20000).fit(x, y, xv, yv)
+    return {"x": x, "y": y, "xv": xv, "yv": yv, "xt": xt, "yt": yt, "est": est}
+
+
+def fit_pairs(d: dict[str, object], **kw: object) -> P.PairFit:
+    est = d["est"]
+    assert isinstance(est, DatamodelLasso)
+    return P.fit_pairs(array_chunks(d["x"], d["y"], 1024), d["xv"], d["yv"], coef=est.coef_,
+                       intercept=est.intercept_, mean=est.mean_, tol=1e-9, max_iter=50000,
+                       **kw)  # type: ignore[arg-type]
+
+
+def predict(f: P.PairFit, x: np.ndarray) -> np.ndarray:
+    return (f.intercept + np.asarray((f.coef @ x.T.astype(np.float64)).T)
+            + pair_predictions(x, f.target, f.a, f.b, f.weight, len(f.intercept)))
+
+
+def explicit(d: dict[str, object], t: int, k: int) -> dict[str, np.ndarray]:
+    """The target's candidate pair features, standardised in numpy, and its residuals."""
+    est = d["est"]
+    assert isinstance(est, DatamodelLasso)
+    x, xv = np.asarray(d["x"]), np.asarray(d["xv"])
+    row = est.coef_.getrow(t)
+    order = row.indices[np.lexsort((row.indices, -np.abs(row.data)))]
+    top = np.concatenate([order, np.setdiff1d(np.arange(N), order)])[:k]
+    iu = np.triu_indices(k, 1)
+    mu = est.mean_
+
+    def z(m: np.ndarray) -> np.ndarray:
+        c = m[:, top] - mu[top]
+        return c[:, iu[0]] * c[:, iu[1]]
+
+    zf = z(x)
+    zm, zs = zf.mean(0), zf.std(0)
+    r = np.asarray(d["y"])[:, t] - est.predict(x)[:, t]
+    return {"Z": (zf - zm) / zs, "r": r - r.mean(), "r_mean": np.array(r.mean()), "zm": zm,
+            "zs": zs, "a": top[iu[0]], "b": top[iu[1]], "zv": (z(xv) - zm) / zs,
+            "linear_v": est.predict(xv)[:, t]}
+
+
+def test_the_working_set_lasso_matches_scikit_learn(linear: dict[str, object]) -> None:
+    """All 28 candidates in the working set: the weights are scikit-learn's at the chosen λ."""
+    f = fit_pairs(linear, k=8, working_set=28)
+    for t in range(M):
+        e = explicit(linear, t, 8)
+        sk = Lasso(alpha=f.penalty[t], fit_intercept=False, tol=1e-12, max_iter=100000)
+        sk.fit(e["Z"], e["r"])
+        phi = dict(zip(zip(np.minimum(e["a"], e["b"]), np.maximum(e["a"], e["b"]),
+                           strict=True), sk.coef_ / e["zs"], strict=True))
+        mine = {(int(a), int(b)): float(w) for tt, a, b, w in
+                zip(f.target, f.a, f.b, f.weight, strict=True) if tt == t}
+        for key, want in phi.items():
+            assert mine.get((int(key[0]), int(key[1])), 0.0) == pytest.approx(want, abs=2e-4)
+
+
+def test_kkt_rounds_reach_the_lasso_over_every_candidate(linear: dict[str, object]) -> None:
+    """A working set of 30 of 45 candidates, grown by the KKT check, ends at the full Lasso.
+
+    The path stops at λ_max / 4, where the full Lasso keeps at most 30 pairs.
+    """
+    f = fit_pairs(linear, k=10, working_set=30, max_rounds=P.MAX_ROUNDS, lambda_ratio=0.25)
+    assert f.info["uncertified_targets"] == 0
+    assert f.info["kkt_rounds"] >= 1
+    for t in range(M):
+        e = explicit(linear, t, 10)
+        sk = Lasso(alpha=f.penalty[t], fit_intercept=False, tol=1e-12, max_iter=100000)
+        sk.fit(e["Z"], e["r"])
+        assert np.count_nonzero(sk.coef_) <= 30
+        want = np.zeros((N, N))
+        want[np.minimum(e["a"], e["b"]), np.maximum(e["a"], e["b"])] = sk.coef_ / e["zs"]
+        got = np.zeros((N, N))
+        sel = f.target == t
+        got[f.a[sel], f.b[sel]] = f.weight[sel]
+        np.testing.assert_allclose(got, want, atol=2e-4)
+
+
+def test_planted_pairs_are_recovered_and_the_test_error_falls(linear: dict[str, object]) -> None:
+    f = fit_pairs(linear, k=10)
+    est = linear["est"]
+    assert isinstance(est, DatamodelLasso)
+    xt, yt = np.asarray(linear["xt"]), np.asarray(linear["yt"])
+    for t in range(M):
+        sel = f.target == t
+        strongest = np.argsort(-np.abs(f.weight[sel]))[:3]
+        found = {(int(f.a[sel][i]), int(f.b[sel][i])): float(f.weight[sel][i]) for i in strongest}
+        assert set(found) == {(a, b) for a, b, _ in PLANTED}
+        for a, b, phi in PLANTED:
+            assert found[(a, b)] == pytest.approx(phi, abs=0.15)
+    # The pairs held about two thirds of the residual variance (0.18 of 0.27).
+    before = ((est.predict(xt) - yt) ** 2).mean(axis=0)
+    after = ((predict(f, xt) - yt) ** 2).mean(axis=0)
+    assert (after < 0.6 * before).all()
+
+
+def test_mask_space_is_the_standardised_model(linear: dict[str, object]) -> None:
+    """bias + Σθ' + Σφ over the pairs in the mask equals the model fitted on centred features."""
+    f = fit_pairs(linear, k=8, working_set=28)
+    xv = np.asarray(linear["xv"])
+    got = predict(f, xv)
+    for t in range(M):
+        e = explicit(linear, t, 8)
+        sk = Lasso(alpha=f.penalty[t], fit_intercept=False, tol=1e-12, max_iter=100000)
+        sk.fit(e["Z"], e["r"])
+        want = e["linear_v"] + e["r_mean"] + e["zv"] @ sk.coef_
+        np.testing.assert_allclose(got[:, t], want, atol=2e-3)
+
+
+def test_a_linear_problem_keeps_its_linear_model() -> None:
+    """No pairs in the truth: the validation runs keep few, and the test LDS holds."""
+    rng = np.random.default_rng(5)
+
+    def runs(n: int) -> tuple[np.ndarray, np.ndarray]:
+        x = (rng.random((n, N)) < 0.5).astype(np.uint8)
+        return x, x @ np.linspace(-1, 1, N * M).reshape(N, M) + 0.5 * rng.standard_normal((n, M))
+
+    (x, y), (xv, yv), (xt, yt) = runs(3000), runs(600), runs(600)
+    est = DatamodelLasso(n_lambdas=20).fit(x, y, xv, yv)
+    f = P.fit_pairs(array_chunks(x, y, 1024), xv, yv, coef=est.coef_, intercept=est.intercept_,
+                    mean=est.mean_, k=10)
+    lin = correlations(est.predict(xt), yt)[1]
+    sec = correlations(f.intercept + np.asarray((f.coef @ xt.T.astype(float)).T)
+                       + pair_predictions(xt, f.target, f.a, f.b, f.weight, M), yt)[1]
+    assert (sec > lin - 0.005).all()
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def planted_db(path: str, n: int, seed: int) -> dmdb.Database:
+    x, y = planted(n, seed)
+    db = dmdb.init(path, n_train=N, n_targets=M, seed=0)
+    db.ingest(run_table(x.astype(bool), y))
+    return db
+
+
+@pytest.fixture(params=["memory", "file"])
+def pair_db(request: pytest.FixtureRequest, tmp_path: Path) -> dmdb.Database:
+    return planted_db(":memory:" if request.param == "memory" else str(tmp_path / "p.duckdb"),
+                      3000, 7)
+
+
+def test_fit_pairs_records_interactions_and_raises_the_lds(pair_db: dmdb.Database) -> None:
+    from dmdb.fitting import fit
+
+    linear = fit(pair_db, progress=False, echo=lambda s: None)
+    lines: list[str] = []
+    second = fit(pair_db, pairs=10, progress=False, echo=lines.append)
+    assert 1 - second.mean_lds < 0.6 * (1 - linear.mean_lds)  # the LDS gap to 1 shrinks
+    assert any("second-order" in line and "linear fit's time" in line for line in lines)
+    params = json.loads(pair_db.sql("SELECT parameters FROM fits WHERE fit_id = ?",
+                                    [second.fit_id]).column(0)[0].as_py())
+    assert params["pairs"] == 10 and params["pair_fit"]["cost_ratio"] > 1
+    rows = pair_db.sql("SELECT count(*), bool_and(train_a < train_b) FROM interactions "
+                       "WHERE fit_id = ?", [second.fit_id]).to_pylist()[0]
+    assert list(rows.values())[0] > 0 and list(rows.values())[1]
+    # The stored LDS is the second-order model's, recomputed here from the tables.
+    t, a, b, w = pair_db.load_interactions(second.fit_id)
+    bias, weights = pair_db.load_fit(second.fit_id)
+    test_ids = pair_db.sql("SELECT run_id FROM fit_runs WHERE fit_id = ? AND split = 'test'",
+                           [second.fit_id]).column(0).to_numpy()
+    _, xt, yt = pair_db.load_runs(run_ids=np.sort(test_ids))
+    pred = bias + np.asarray((weights @ xt.T.astype(np.float64)).T) + pair_predictions(
+        xt, t, a, b, w, M)
+    stored = pair_db.sql("SELECT spearman FROM lds WHERE fit_id = ? ORDER BY target_idx",
+                         [second.fit_id]).column(0).to_numpy()
+    np.testing.assert_allclose(stored, correlations(pred, yt)[1], atol=1e-5)
+    # Dropping the fit drops its interactions too.
+    from dmdb.catalog import drop_fit
+
+    drop_fit(pair_db, second.fit_id)
+    assert pair_db.sql("SELECT count(*) FROM interactions").column(0)[0].as_py() == 0
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--pairs", "1"], "--pairs takes K from 2 to N = 30"),
+    (["--pairs", "31"], "--pairs takes K from 2 to N = 30"),
+    (["--pairs", "5", "--out", "{tmp}/block.parquet"], "--pairs cannot be combined with --out"),
+    (["--pairs", "5", "--save-stats", "{tmp}/s.pt"], "--pairs cannot be combined"),
+    (["--pairs", "5", "--backend", "ray"], "--pairs cannot be combined with --backend ray"),
+    (["--pairs", "30", "--memory", "{tight}"], "for the pair features of 3 targets"),
+])
+def test_bad_pairs_are_one_line_and_change_nothing(tmp_path: Path, extra: list[str],
+                                                   message: str) -> None:
+    file_db = planted_db(str(tmp_path / "bad.duckdb"), 600, 3)
+    before = counts(file_db)
+    # A budget that holds the linear fit but not its pairs.
+    n_fit, n_val = (len(file_db.run_ids(split=s)) for s in ("fit", "val"))
+    plan = DatamodelLasso().plan_memory(N, M, n_val, n_fit=n_fit)
+    need = P.pair_bytes(30, M, n_val, min(4096, n_fit), plan.target_batch, n_train=N)
+    tight = str((plan.peak + need / 2) / fit_memory.GB)
+    args = ["fit", str(file_db.path), "-q",
+            *[e.format(tmp=tmp_path, tight=tight) for e in extra]]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+    assert counts(file_db) == before
+    assert not file_db.has_table("interactions") or file_db.sql(
+        "SELECT count(*) FROM interactions").column(0)[0].as_py() == 0
