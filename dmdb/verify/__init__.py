@@ -3,7 +3,8 @@
 Every check trains real models with the experiment's own trainer under the removal
 protocol of DESIGN.md: a model is trained on a fresh Bernoulli(alpha) subset of the
 training set with the removed examples R excluded, and the datamodel predicts its
-margin on target x as ``bias_x + alpha * sum(weight_xi for i not in R)``.
+margin on target x as ``bias_x + alpha * sum(weight_xi for i not in R)``, plus
+``alpha² * sum(φ_xab for a < b, neither in R)`` for a second-order fit (``--pairs``).
 
 Counterfactuals
     For sampled targets: no removal ('none', k = 0), removal of the target's k most
