@@ -258,7 +258,7 @@ def _second_order(
     lo, _ = record["target_range"]
     n_targets = len(est.intercept_)
     linear_seconds = sum(est.timings_.values())
-    bar = _targets_bar(progress, n_targets)
+    bar = _bar(progress, n_targets, desc="pairs", unit="target")
     with torch_threads(est.n_threads):
         fitted = pair_stage.fit_pairs(
             chunks, x_val, y_val, coef=est.coef_, intercept=est.intercept_, mean=est.mean_,
@@ -286,14 +286,6 @@ def _second_order(
         "parameters": record["parameters"] | {"pairs": k, "pair_fit": info},
     }
     return record
-
-
-def _targets_bar(show: bool, total: int) -> Any:
-    if not show:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="pairs", unit="target")
 
 
 def save_stats(
@@ -439,7 +431,7 @@ def fit_ray(
                                None if stats is None else str(Path(stats).resolve()), options)
                    for a, b in zip(edges, edges[1:], strict=False)]
         found = []
-        bar = _block_bar(progress, n_blocks)
+        bar = _bar(progress, n_blocks, desc="fit blocks", unit="block")
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:
@@ -489,9 +481,10 @@ def _ray_fit_block(
         return out.read_bytes(), f"block {lo}:{hi}"
 
 
-def _block_bar(show: bool, total: int) -> Any:
+def _bar(show: bool, total: int, *, desc: str, unit: str) -> Any:
+    """A tqdm bar over ``total`` units, or None when not shown."""
     if not show:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="fit blocks", unit="block")
+    return tqdm(total=total, desc=desc, unit=unit)

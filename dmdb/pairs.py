@@ -91,6 +91,11 @@ class PairFit:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def working_size(k: int, working_set: int | None = None) -> int:
+    """Candidates per target carried into the solve: ``working_set``, or 2k (at least 32)."""
+    return working_set or max(MIN_WORKING, WORKING_PER_K * k)
+
+
 def check_pairs(k: Any, n_train: int) -> int:
     """``--pairs K`` checked: an integer from 2 to N."""
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 2 <= int(k) <= n_train:
@@ -108,7 +113,7 @@ def pair_bytes(k: int, n_targets: int, n_val: int, chunk: int, target_batch: int
     rows and pair products and the validation features (float32); once: the dense
     linear weights, the centred validation masks and a chunk of centred masks.
     """
-    w = max(MIN_WORKING, WORKING_PER_K * k)
+    w = working_size(k)
     per_target = 8 * (3 * k * k + w * w + 3 * w)
     per_batch = 4 * target_batch * (2 * chunk * max(k, w) + n_val * w)
     once = 4 * n_train * (n_targets + n_val + chunk)
@@ -184,7 +189,7 @@ def fit_pairs(
                        / z_sd.clamp_min(1e-300), torch.zeros_like(z_mean))
     t_screen = time.perf_counter() - started
 
-    n_work = min(iu.shape[1], working_set or max(MIN_WORKING, WORKING_PER_K * k))
+    n_work = min(iu.shape[1], working_size(k, working_set))
     work = corr.abs().topk(n_work, dim=1).indices                      # (M, W) candidate ids
     xv = torch.from_numpy(np.asarray(x_val, np.uint8)).to(dev)
     xvc = xv.T.to(torch.float32) - mu.to(torch.float32)[:, None]       # (N, n_val)
