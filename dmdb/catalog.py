@@ -78,6 +78,50 @@ def drop_fit(db: Database, fit_id: int) -> None:
 Pairs = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
+def sibling_fits(db: Database, fit_id: int) -> list[int]:
+    """Other fits of exactly the same fit, val and test runs (learning-curve refits excluded).
+
+    A linear fit and its second-order refit (``dmdb fit --pairs``) are siblings:
+    checks that retrain for one (``dmdb verify``) score the others on the same runs.
+    """
+    rows = db.sql(
+        "WITH me AS (SELECT run_id, split FROM fit_runs WHERE fit_id = $fit), "
+        "n AS (SELECT count(*) AS c FROM me) "
+        "SELECT f.fit_id FROM fits f JOIN fit_runs r USING (fit_id) "
+        "LEFT JOIN me ON me.run_id = r.run_id AND me.split = r.split "
+        "WHERE f.fit_id <> $fit AND f.parameters->>'learning_curve_of' IS NULL "
+        "GROUP BY f.fit_id "
+        "HAVING count(*) = (SELECT c FROM n) AND count(me.run_id) = (SELECT c FROM n) "
+        "ORDER BY f.fit_id", {"fit": int(fit_id)})
+    return [int(f) for f in rows.column(0).to_pylist()]
+
+
+def fit_label(db: Database, fit_id: int) -> str:
+    """A short name of a fit's model: 'linear', 'second-order (K = 60)' or an import's name."""
+    row = db.sql("SELECT solver, parameters FROM fits WHERE fit_id = ?", [int(fit_id)]
+                 ).to_pylist()
+    if not row:
+        return f"fit {fit_id}"
+    params = json.loads(row[0]["parameters"] or "{}")
+    if row[0]["solver"] == "imported":
+        return str(params.get("name", "imported"))
+    return f"second-order (K = {params['pairs']})" if params.get("pairs") else "linear"
+
+
+def predict_masks(bias: np.ndarray, weights: Any, masks: np.ndarray,
+                  pairs: Pairs | None = None) -> np.ndarray:
+    """A fit's predicted margins for 0/1 masks: float64 (n, len(bias)).
+
+    bias + weights @ mask, plus for a second-order fit the weights of the pairs
+    with both members in the mask (``pairs``' targets count from bias's first row).
+    """
+    x = np.asarray(masks)
+    pred = np.asarray(bias, np.float64)[None, :] + np.asarray((weights @ x.T.astype(np.float32)).T)
+    if pairs is not None and len(pairs[3]):
+        pred += pair_predictions(x, *pairs, n_targets=len(bias))
+    return pred
+
+
 def evaluate_fit(
     db: Database, bias: np.ndarray, weights: Any, run_ids: np.ndarray, lo: int = 0,
     pairs: Pairs | None = None,
@@ -95,11 +139,8 @@ def evaluate_fit(
         A second-order fit's interactions, added for pairs with both members in a run.
     """
     _, x, y = db.load_runs(run_ids=run_ids)
-    k = len(bias)
-    pred = np.asarray(bias, np.float64)[None, :] + np.asarray((weights @ x.T.astype(np.float32)).T)
-    if pairs is not None:
-        pred += pair_predictions(x, *pairs, n_targets=k)
-    actual = y[:, lo : lo + k]
+    pred = predict_masks(bias, weights, x, pairs)
+    actual = y[:, lo : lo + len(bias)]
     pearson, spearman = correlations(pred, actual)
     return ((pred - actual) ** 2).mean(axis=0), pearson, spearman
 

@@ -36,9 +36,11 @@ noise_ceiling
 
 from dmdb.verify.counterfactuals import BrittlenessResult as BrittlenessResult
 from dmdb.verify.counterfactuals import ConditionSummary as ConditionSummary
+from dmdb.verify.counterfactuals import ModelScore as ModelScore
 from dmdb.verify.counterfactuals import VerifyReport as VerifyReport
 from dmdb.verify.counterfactuals import brittleness_results as brittleness_results
 from dmdb.verify.counterfactuals import counterfactual_rows as counterfactual_rows
+from dmdb.verify.counterfactuals import model_scores as model_scores
 from dmdb.verify.counterfactuals import summarise_counterfactuals as summarise_counterfactuals
 from dmdb.verify.counterfactuals import verify as verify
 from dmdb.verify.fit import FitUnderTest as FitUnderTest
@@ -59,9 +61,9 @@ from dmdb.verify.plan import plan_removals as plan_removals
 from dmdb.verify.plan import run_plan as run_plan
 
 __all__ = [
-    "BrittlenessResult", "CeilingReport", "ConditionSummary", "Echo", "FitUnderTest", "Plan",
-    "VerifyReport", "brittleness_estimates", "brittleness_results", "build_trainer", "ceiling",
-    "ceiling_metrics", "choose_targets", "counterfactual_rows", "done_keys", "fill_verify_runs",
-    "fit_alpha", "load_fit_under_test", "plan_removals", "run_plan", "summarise_counterfactuals",
-    "support_sizes", "verify",
+    "BrittlenessResult", "CeilingReport", "ConditionSummary", "Echo", "FitUnderTest",
+    "ModelScore", "Plan", "VerifyReport", "brittleness_estimates", "brittleness_results",
+    "build_trainer", "ceiling", "ceiling_metrics", "choose_targets", "counterfactual_rows",
+    "done_keys", "fill_verify_runs", "fit_alpha", "load_fit_under_test", "model_scores",
+    "plan_removals", "run_plan", "summarise_counterfactuals", "support_sizes", "verify",
 ]

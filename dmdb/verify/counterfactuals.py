@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from dmdb.catalog import fit_label, sibling_fits
 from dmdb.db import Database
 from dmdb.errors import UsageError
 from dmdb.metrics import correlations
@@ -70,6 +71,19 @@ class BrittlenessResult:
 
 
 @dataclass
+class ModelScore:
+    """One fit's predictions on the verified fit's retrained conditions (its own or a sibling)."""
+
+    fit_id: int
+    label: str               # 'linear', 'second-order (K = 60)', an import's name
+    n_conditions: int
+    pearson: float
+    spearman: float
+    slope: float
+    top_predicted: dict[int, float]   # k -> mean predicted change of the 'top' removals
+
+
+@dataclass
 class VerifyReport:
     """What one `dmdb verify` measured. NaN where a check did not run."""
 
@@ -91,6 +105,9 @@ class VerifyReport:
     frac_top_drop: float    # targets whose margin fell when removing their top k_max
     mean_abs_random: float  # mean |actual change| over random removals
     brittleness: list[BrittlenessResult]
+    # The verified fit first, then the fits of the same runs (its second-order refit,
+    # or the linear fit it refines), each scored on the same retrained models.
+    models_compared: list[ModelScore] = field(default_factory=list)
 
     @property
     def flip_fraction(self) -> float:
@@ -139,6 +156,23 @@ class VerifyReport:
         lines.append(f"  margin fell when removing the top {self.k_max}: "
                      f"{pct(self.frac_top_drop)} of targets; mean |change| for random "
                      f"removals: {self.mean_abs_random:.2f}")
+        return lines + self._side_by_side_lines()
+
+    def _side_by_side_lines(self) -> list[str]:
+        if len(self.models_compared) < 2:
+            return []
+        ks = sorted(c.k for c in self.conditions if c.condition == "top")
+        tops = "/".join(map(str, ks))
+        lines = ["  side by side: fits of the same runs, predicting the same retrained models",
+                 f"    fit  {'model':<24} conditions  Pearson  Spearman  slope  "
+                 f"predicted change, top {tops}"]
+        for m in self.models_compared:
+            changes = " / ".join(f"{m.top_predicted.get(k, float('nan')):+.2f}" for k in ks)
+            lines.append(f"    {m.fit_id:>3}  {m.label:<24} {m.n_conditions:>10}  "
+                         f"{m.pearson:>7.3f}  {m.spearman:>8.3f}  {m.slope:>5.2f}  {changes}")
+        actual = {c.k: c.actual_change for c in self.conditions if c.condition == "top"}
+        lines.append(f"         {'actual (retrained)':<24} {'':>10}  {'':>7}  {'':>8}  {'':>5}  "
+                     + " / ".join(f"{actual[k]:+.2f}" for k in ks))
         return lines
 
     def _brittleness_lines(self) -> list[str]:
@@ -165,16 +199,35 @@ def pct(x: float) -> str:
     return "n/a" if not np.isfinite(x) else f"{100 * x:.0f}%"
 
 
-def counterfactual_rows(db: Database, fit_id: int, targets: Sequence[int] | None = None
-                        ) -> pa.Table:
-    """Rows of view ``counterfactuals`` for a fit (optionally some targets), ordered."""
+def counterfactual_rows(db: Database, fit_id: int, targets: Sequence[int] | None = None,
+                        model: int | None = None) -> pa.Table:
+    """Rows of view ``counterfactuals`` for a verified fit (optionally some targets), ordered.
+
+    ``model``: predict with another fit's datamodels instead (``counterfactuals_with``).
+    """
     where = "fit_id = ?"
     params: list[Any] = [fit_id]
     if targets is not None:
         where += " AND list_contains(?, target_idx)"
         params.append([int(t) for t in targets])
-    return db.sql(f"SELECT * FROM counterfactuals WHERE {where} "
-                  "ORDER BY target_idx, condition, k", params)
+    source = "counterfactuals"
+    if model is not None:
+        source = "(SELECT * EXCLUDE (model_fit_id) FROM counterfactuals_with(?))"
+        params.insert(0, int(model))
+    return db.sql(f"SELECT * FROM {source} WHERE {where} ORDER BY target_idx, condition, k",
+                  params)
+
+
+def model_scores(db: Database, fit_id: int, targets: Sequence[int]) -> list[ModelScore]:
+    """The verified fit and each of its siblings (:func:`sibling_fits`) on its retrained runs."""
+    out = []
+    for model in (fit_id, *sibling_fits(db, fit_id)):
+        stats = summarise_counterfactuals(counterfactual_rows(db, fit_id, targets, model))
+        out.append(ModelScore(
+            model, fit_label(db, model), stats["n_conditions"], stats["pearson"],
+            stats["spearman"], stats["slope"],
+            {c.k: c.predicted_change for c in stats["conditions"] if c.condition == "top"}))
+    return out
 
 
 def summarise_counterfactuals(rows: pa.Table) -> dict[str, Any]:
@@ -325,7 +378,9 @@ def verify(
     return VerifyReport(
         fit_id=fit.fit_id, alpha=fit.alpha, trainer=model.name, trained=trained, reused=reused,
         seconds=time.perf_counter() - started, interrupted=interrupted, targets=cf_targets,
-        models=models, brittleness=brittleness_results(db, fit.fit_id, br_targets), **stats,
+        models=models, brittleness=brittleness_results(db, fit.fit_id, br_targets),
+        models_compared=model_scores(db, fit.fit_id, cf_targets) if cf_targets else [],
+        **stats,
     )
 
 

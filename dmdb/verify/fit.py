@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from dmdb.catalog import resolve_fit
+from dmdb.catalog import predict_masks, resolve_fit
 from dmdb.db import Database
 from dmdb.errors import UsageError
 
@@ -58,6 +58,11 @@ class FitUnderTest:
         """float64 (M,): each target's sum of interaction weights (0 for a linear fit)."""
         t, _, _, phi = self.pairs
         return np.bincount(t, weights=phi.astype(np.float64), minlength=len(self.bias))
+
+    def predict(self, masks: np.ndarray) -> np.ndarray:
+        """float64 (n, M): the predicted margins for 0/1 masks, pairs included (NaN unfitted)."""
+        return predict_masks(self.bias, self.weights, masks,
+                             self.pairs if self.has_pairs else None)
 
     def margin_before(self) -> np.ndarray:
         """float64 (M,): the expected margin with nothing removed."""

@@ -9,12 +9,13 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from dmdb.catalog import fit_label, sibling_fits
 from dmdb.db import Database
 from dmdb.errors import UsageError
 from dmdb.metrics import correlations
@@ -51,6 +52,9 @@ class CeilingReport:
     lds_5: float
     lds_all: float     # against margins averaged over all n_seeds seeds
     fit_lds: float     # the fit's own LDS on its test runs (datamodels.test_spearman)
+    # The fit and its siblings (the same runs, e.g. its second-order refit) on these
+    # masks: (fit_id, label, mean single-seed LDS, mean attainable LDS on its targets)
+    models: list[tuple[int, str, float, float]] = field(default_factory=list)
 
     def summary(self) -> str:
         """The lines `dmdb verify --ceiling` prints."""
@@ -71,7 +75,18 @@ class CeilingReport:
                if self.n_seeds not in (1, 2, 5) else "")
             + f" (its test LDS: {self.fit_lds:.3f})",
             f"  the datamodel reaches {pct(frac)} of the attainable single-seed LDS",
+            *self._side_by_side(),
         ])
+
+    def _side_by_side(self) -> list[str]:
+        if len(self.models) < 2:
+            return []
+        lines = ["  side by side, fits of the same runs on these masks (single-seed LDS, "
+                 "share of the attainable):"]
+        for fit_id, label, lds, attainable in self.models:
+            share = lds / attainable if attainable > 0 else float("nan")
+            lines.append(f"    fit {fit_id:>3} {label:<24} {_fmt(lds)}  {pct(share)}")
+        return lines
 
 
 def _fmt(x: float) -> str:
@@ -195,13 +210,19 @@ def ceiling(
     report = CeilingReport(fit.fit_id, fit.alpha, masks, seeds, trained, len(plan) - len(todo),
                            0.0, interrupted, *([float("nan")] * 8))
     if not interrupted:
-        metrics = _measure_ceiling(db, fit, plan.keys(), masks, seeds)
-        _write_ceiling(db, fit, metrics, masks, seeds)
+        fits = [fit, *(load_fit_under_test(db, f) for f in sibling_fits(db, fit.fit_id))]
+        margins, mask_x = _ceiling_margins(db, plan.keys(), masks, seeds)
+        metrics = [ceiling_metrics(margins, f.predict(mask_x)) for f in fits]
+        _write_ceiling(db, fits, metrics, masks, seeds)
         fitted = fit.fitted
         for name in ("seed_spearman", "mask_r2", "attainable_lds", "lds_1", "lds_2", "lds_5",
                      "lds_all"):
-            vals = metrics[name][fitted]
+            vals = metrics[0][name][fitted]
             setattr(report, name, float(_nanmean(vals)))
+        report.models = [
+            (f.fit_id, fit_label(db, f.fit_id), float(_nanmean(m["lds_1"][f.fitted])),
+             float(_nanmean(m["attainable_lds"][f.fitted]))) for f, m in zip(fits, metrics,
+                                                                              strict=True)]
         report.fit_lds = float(db.sql("SELECT avg(test_spearman) FROM datamodels "
                                       "WHERE fit_id = ?", [fit.fit_id]).column(0)[0].as_py()
                                or float("nan"))
@@ -209,28 +230,33 @@ def ceiling(
     return report
 
 
-def _measure_ceiling(db: Database, fit: FitUnderTest, keys: list[str], masks: int,
-                     seeds: int) -> dict[str, np.ndarray]:
+def _ceiling_margins(db: Database, keys: list[str], masks: int, seeds: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The ceiling runs' margins (masks, seeds, M) and their masks (masks, N), one per mask."""
     run_ids = _ceiling_runs(db, keys)
     ids, x, y = db.load_runs(split="verify", run_ids=run_ids)
     pos = {int(r): i for i, r in enumerate(ids)}
     order = np.array([pos[int(r)] for r in run_ids])
     x, y = x[order], y[order]
-    mask_x = x[::seeds]  # run j * seeds + s is seed s on mask j
-    pred = fit.bias[None, :] + np.asarray((fit.weights @ mask_x.T.astype(np.float32)).T)
-    return ceiling_metrics(y.reshape(masks, seeds, -1), pred)
+    return y.reshape(masks, seeds, -1), x[::seeds]  # run j * seeds + s is seed s on mask j
 
 
-def _write_ceiling(db: Database, fit: FitUnderTest, metrics: dict[str, np.ndarray],
-                   masks: int, seeds: int) -> None:
-    t = fit.fitted
-    cols = {"target_idx": pa.array(t.astype(np.int32))}
-    for name in ("seed_spearman", "mask_r2", "attainable_lds", "lds_1", "lds_2", "lds_5"):
-        v = metrics[name][t]
-        cols[name] = pa.array(v, mask=~np.isfinite(v))
-    rows = pa.table(cols)  # noqa: F841 (read by the SQL below)
+def _write_ceiling(db: Database, fits: list[FitUnderTest],
+                   metrics: list[dict[str, np.ndarray]], masks: int, seeds: int) -> None:
+    """Replace the ``noise_ceiling`` rows of every fit in ``fits``, in one transaction."""
+    tables = []
+    for fit, m in zip(fits, metrics, strict=True):
+        t = fit.fitted
+        cols = {"fit_id": pa.array(np.full(len(t), fit.fit_id, np.int32)),
+                "target_idx": pa.array(t.astype(np.int32))}
+        for name in ("seed_spearman", "mask_r2", "attainable_lds", "lds_1", "lds_2", "lds_5"):
+            v = m[name][t]
+            cols[name] = pa.array(v, mask=~np.isfinite(v))
+        tables.append(pa.table(cols))
+    rows = pa.concat_tables(tables)  # noqa: F841 (read by the SQL below)
     with db.transaction() as con:
-        con.execute("DELETE FROM noise_ceiling WHERE fit_id = ?", [fit.fit_id])
+        con.execute("DELETE FROM noise_ceiling WHERE list_contains(?, fit_id)",
+                    [[f.fit_id for f in fits]])
         con.execute(
-            "INSERT INTO noise_ceiling SELECT ?, target_idx, ?, ?, seed_spearman, mask_r2, "
-            "attainable_lds, lds_1, lds_2, lds_5 FROM rows", [fit.fit_id, masks, seeds])
+            "INSERT INTO noise_ceiling SELECT fit_id, target_idx, ?, ?, seed_spearman, mask_r2, "
+            "attainable_lds, lds_1, lds_2, lds_5 FROM rows", [masks, seeds])
