@@ -85,14 +85,14 @@ def sibling_fits(db: Database, fit_id: int) -> list[int]:
     checks that retrain for one (``dmdb verify``) score the others on the same runs.
     """
     rows = db.sql(
-        "WITH me AS (SELECT run_id, split FROM fit_runs WHERE fit_id = $fit), "
+        "WITH me AS (SELECT run_id, split FROM fit_runs WHERE fit_id = ?), "
         "n AS (SELECT count(*) AS c FROM me) "
         "SELECT f.fit_id FROM fits f JOIN fit_runs r USING (fit_id) "
         "LEFT JOIN me ON me.run_id = r.run_id AND me.split = r.split "
-        "WHERE f.fit_id <> $fit AND f.parameters->>'learning_curve_of' IS NULL "
+        "WHERE f.fit_id <> ? AND f.parameters->>'learning_curve_of' IS NULL "
         "GROUP BY f.fit_id "
         "HAVING count(*) = (SELECT c FROM n) AND count(me.run_id) = (SELECT c FROM n) "
-        "ORDER BY f.fit_id", {"fit": int(fit_id)})
+        "ORDER BY f.fit_id", [int(fit_id), int(fit_id)])
     return [int(f) for f in rows.column(0).to_pylist()]
 
 

@@ -8,7 +8,6 @@ import with ``--eval all``, a fit at another alpha) is re-evaluated there with
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from dmdb.catalog import evaluate_fit
+from dmdb.catalog import Pairs, evaluate_fit, fit_label
 from dmdb.db import Database
 from dmdb.errors import FitError, UsageError
 
@@ -95,7 +94,7 @@ def compare(db: Database, fits: list[int] | None = None) -> Comparison:
         weights = weights[lo:hi]
         recomputed[f] = not np.array_equal(_test_runs(db, f), runs)
         if recomputed[f]:
-            lds[f] = evaluate_fit(db, bias[lo:hi], weights, runs, lo)[2]
+            lds[f] = evaluate_fit(db, bias[lo:hi], weights, runs, lo, _pairs(db, f, lo, hi))[2]
             notes.append(f"fit {f} was evaluated on other runs when recorded; its LDS is "
                          f"recomputed on fit {ref}'s test runs")
         else:
@@ -103,7 +102,7 @@ def compare(db: Database, fits: list[int] | None = None) -> Comparison:
         top[f] = _top_positive(weights, TOP_K)
     if any(info[f]["target_lo"] != lo or info[f]["target_hi"] != hi for f in ids):
         notes.append(f"the fits cover different targets; only the {hi - lo} they share count")
-    labels = {f: _label(info[f]) for f in ids}
+    labels = {f: _label(db, info[f]) for f in ids}
     table = _table(ids, info, labels, lds, top, recomputed, len(runs), hi - lo)
     return Comparison(table, ref, np.arange(lo, hi), len(runs), lds, labels, notes)
 
@@ -122,6 +121,13 @@ def _choose_fits(db: Database, fits: list[int] | None) -> list[int]:
         raise UsageError("compare needs at least two fits; fit again, or add one with "
                          "`dmdb import-fit DB FILE`")
     return ids
+
+
+def _pairs(db: Database, fit_id: int, lo: int, hi: int) -> Pairs | None:
+    """A second-order fit's interactions on targets lo..hi-1, counted from lo (or None)."""
+    t, a, b, phi = db.load_interactions(fit_id)
+    keep = (t >= lo) & (t < hi)
+    return (t[keep] - lo, a[keep], b[keep], phi[keep]) if keep.any() else None
 
 
 def _test_runs(db: Database, fit_id: int) -> np.ndarray:
@@ -156,11 +162,9 @@ def _overlap(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     return float(np.mean(shares)) if shares else float("nan")
 
 
-def _label(row: dict[str, Any]) -> str:
-    params = json.loads(row["parameters"] or "{}")
-    if row["solver"] == "imported":
-        return str(params.get("name", "imported"))
-    return f"dmdb fit ({row['solver']})"
+def _label(db: Database, row: dict[str, Any]) -> str:
+    name = fit_label(db, row["fit_id"])
+    return name if row["solver"] == "imported" else f"dmdb fit ({row['solver']}, {name})"
 
 
 def _table(ids: list[int], info: dict[int, dict[str, Any]], labels: dict[int, str],

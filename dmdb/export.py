@@ -54,6 +54,8 @@ def export_fit(db: Database, fit_id: int, folder: str | Path, fmt: str) -> list[
     npy: ``bias.npy`` (M,) float64 and ``weights.npz`` (scipy.sparse CSR, M x N,
     load with ``scipy.sparse.load_npz``). parquet: ``datamodels.parquet`` (one row
     per target) and ``weights.parquet`` (target_idx, train_idx, weight).
+    A second-order fit adds its pairs: ``interactions.npz`` (``numpy.load``: arrays
+    target_idx, train_a, train_b, weight) or ``interactions.parquet`` (those columns).
     """
     if fmt not in ("npy", "parquet"):
         raise UsageError(f"unknown export format {fmt!r}; use npy or parquet")
@@ -70,10 +72,16 @@ def export_fit(db: Database, fit_id: int, folder: str | Path, fmt: str) -> list[
 def _write(
     db: Database, fit_id: int, out: Path, fmt: str, bias: np.ndarray, weights: sp.csr_matrix
 ) -> list[Path]:
+    target, a, b, phi = db.load_interactions(fit_id)
+    pairs = {"target_idx": target.astype(np.int32), "train_a": a.astype(np.int32),
+             "train_b": b.astype(np.int32), "weight": phi.astype(np.float32)}
     if fmt == "npy":
         paths = [out / "bias.npy", out / "weights.npz"]
         np.save(paths[0], bias)
         sp.save_npz(paths[1], weights)
+        if len(phi):
+            paths.append(out / "interactions.npz")
+            np.savez(paths[-1], **pairs)  # type: ignore[arg-type]
         return paths
     paths = [out / "datamodels.parquet", out / "weights.parquet"]
     coo = weights.tocoo()
@@ -82,6 +90,9 @@ def _write(
         pa.table({"target_idx": coo.row.astype(np.int32), "train_idx": coo.col.astype(np.int32),
                   "weight": coo.data.astype(np.float32)}),
     ]
+    if len(phi):
+        paths.append(out / "interactions.parquet")
+        tables.append(pa.table(pairs))
     for table, path in zip(tables, paths, strict=True):
         with open(path, "wb") as f:  # by Python: pyarrow cannot encode a non-UTF-8 name
             pq.write_table(table, f)

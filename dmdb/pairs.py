@@ -104,18 +104,24 @@ def check_pairs(k: Any, n_train: int) -> int:
     return int(k)
 
 
+#: Points on each target's λ path of the pair stage (λ_max, no pairs, first).
+N_LAMBDAS = 10
+
+
 def pair_bytes(k: int, n_targets: int, n_val: int, chunk: int, target_batch: int, *,
                n_train: int) -> int:
     """Bytes the pair stage holds at its peak, beside the linear fit's result.
 
     Per target: the K x K screening sums (float64, 3 of them) and the working set's
     Gram and correlations (float64); per batch of targets: the chunk's gathered
-    rows and pair products and the validation features (float32); once: the dense
-    linear weights, the centred validation masks and a chunk of centred masks.
+    rows and pair products and the validation features (float32), the λ path's
+    solutions and validation errors (float64); once: the dense linear weights, the
+    centred validation masks and a chunk of centred masks.
     """
     w = working_size(k)
     per_target = 8 * (3 * k * k + w * w + 3 * w)
-    per_batch = 4 * target_batch * (2 * chunk * max(k, w) + n_val * w)
+    per_batch = (4 * target_batch * (2 * chunk * max(k, w) + n_val * w)
+                 + 8 * target_batch * (N_LAMBDAS * w + 4 * n_val))
     once = 4 * n_train * (n_targets + n_val + chunk)
     return n_targets * per_target + per_batch + once
 
@@ -129,7 +135,7 @@ def fit_pairs(
     intercept: np.ndarray,
     mean: np.ndarray,
     k: int,
-    n_lambdas: int = 10,
+    n_lambdas: int = N_LAMBDAS,
     lambda_ratio: float = 0.003,
     tol: float = 1e-4,
     max_iter: int = 2000,
@@ -437,9 +443,15 @@ def _batched_path(
     """The Lasso path on per-target Grams (FISTA, warm starts, certified duality gap).
 
     Target t minimises ``½ wᵀ g_t w - c_tᵀ w + ½ v_t + λ ||w||₁`` for λ from
-    ``max|c_t|`` down to ``lambda_ratio`` times that; the λ with the lowest MSE on
-    the validation residuals ``rv`` (T, n_val; features ``zv``, (T, W, n_val)) is kept.
-    A λ is solved when ``gap <= tol * v_t``.
+    ``max|c_t|`` (no pairs) down to ``lambda_ratio`` times that. A λ is solved when
+    ``gap <= tol * v_t``.
+
+    The λ kept is chosen on the validation residuals ``rv`` (T, n_val; features
+    ``zv``, (T, W, n_val)) by a paired one-standard-error rule: the largest λ whose
+    squared errors exceed those of the lowest-MSE λ by at most one standard error
+    of their mean difference. With few validation runs the lowest MSE is mostly
+    luck, and the rule keeps fewer pairs (none at λ_max); with many it is the
+    lowest-MSE λ up to noise.
     """
     n_t, w_dim = c.shape
     lam_max = c.abs().amax(dim=1)
@@ -448,7 +460,8 @@ def _batched_path(
     lams = lam_max[:, None] * steps[None, :]                                # (T, L)
     lip = torch.linalg.eigvalsh(g)[:, -1].clamp_min(1e-12)                  # (T,)
     w = torch.zeros_like(c)
-    best_w, best_lam = w.clone(), lam_max.clone()
+    path = [w.clone()]                     # the solution at each λ tried (λ_max: no pairs)
+    best = torch.zeros(n_t, dtype=torch.int64, device=c.device)
     best_mse = (rv * rv).mean(dim=1)
     stale = torch.zeros(n_t, dtype=torch.int64, device=c.device)
     going = torch.ones(n_t, dtype=torch.bool, device=c.device)
@@ -457,17 +470,36 @@ def _batched_path(
         lam = lams[:, step]
         w, iters = _fista(g, c, r_var, lam, lip, w, tol=tol, max_iter=max_iter, active=going)
         total_iter += iters
-        pred = torch.bmm(w.to(zv.dtype)[:, None, :], zv)[:, 0].double()
-        mse = ((rv - pred) ** 2).mean(dim=1)
+        mse = (_val_errors(w, zv, rv) ** 2).mean(dim=1)
         better = going & (mse < best_mse)
         best_mse = torch.where(better, mse, best_mse)
-        best_lam = torch.where(better, lam, best_lam)
-        best_w[better] = w[better]
+        best = torch.where(better, torch.full_like(best, step), best)
+        # a target that stopped keeps its last solution for the later steps
+        path.append(torch.where(going[:, None], w, path[-1]))
         stale = torch.where(better, torch.zeros_like(stale), stale + 1)
         going &= stale < patience
         if not bool(going.any()):
             break
-    return _PathResult(best_w, best_lam, best_mse, total_iter)
+    rows = torch.arange(n_t, device=c.device)
+    stacked = torch.stack(path, dim=1)                                      # (T, steps, W)
+    e_best = _val_errors(stacked[rows, best], zv, rv) ** 2
+    chosen = best.clone()
+    undecided = torch.ones(n_t, dtype=torch.bool, device=c.device)
+    n_val = rv.shape[1]
+    for step in range(len(path)):  # from λ_max down: the first within one SE of the best
+        d = _val_errors(stacked[:, step], zv, rv) ** 2 - e_best
+        se = d.std(dim=1) / max(n_val, 1) ** 0.5 if n_val > 1 else torch.zeros_like(best_mse)
+        ok = undecided & (step <= best) & (d.mean(dim=1) <= se)
+        chosen = torch.where(ok, torch.full_like(chosen, step), chosen)
+        undecided &= ~ok
+    w_chosen = stacked[rows, chosen]
+    val_mse = (_val_errors(w_chosen, zv, rv) ** 2).mean(dim=1)
+    return _PathResult(w_chosen, lams[rows, chosen], val_mse, total_iter)
+
+
+def _val_errors(w: torch.Tensor, zv: torch.Tensor, rv: torch.Tensor) -> torch.Tensor:
+    """The validation residuals left by pair weights w (T, W): float64 (T, n_val)."""
+    return rv - torch.bmm(w.to(zv.dtype)[:, None, :], zv)[:, 0].double()
 
 
 def duality_gap(g: torch.Tensor, c: torch.Tensor, r_var: torch.Tensor, lam: torch.Tensor,

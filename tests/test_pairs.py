@@ -185,7 +185,8 @@ def pair_db(request: pytest.FixtureRequest, tmp_path: Path) -> dmdb.Database:
                       3000, 7)
 
 
-def test_fit_pairs_records_interactions_and_raises_the_lds(pair_db: dmdb.Database) -> None:
+def test_fit_pairs_records_interactions_and_raises_the_lds(pair_db: dmdb.Database,
+                                                           tmp_path: Path) -> None:
     from dmdb.fitting import fit
 
     linear = fit(pair_db, progress=False, echo=lambda s: None)
@@ -210,11 +211,46 @@ def test_fit_pairs_records_interactions_and_raises_the_lds(pair_db: dmdb.Databas
     stored = pair_db.sql("SELECT spearman FROM lds WHERE fit_id = ? ORDER BY target_idx",
                          [second.fit_id]).column(0).to_numpy()
     np.testing.assert_allclose(stored, correlations(pred, yt)[1], atol=1e-5)
+    check_compare_and_export(pair_db, linear.fit_id, second.fit_id, stored, tmp_path)
     # Dropping the fit drops its interactions too.
     from dmdb.catalog import drop_fit
 
     drop_fit(pair_db, second.fit_id)
     assert pair_db.sql("SELECT count(*) FROM interactions").column(0)[0].as_py() == 0
+
+
+def check_compare_and_export(db: dmdb.Database, linear: int, second: int, stored: np.ndarray,
+                             tmp_path: Path) -> None:
+    """compare re-evaluates a second-order fit with its pairs; export writes them."""
+    import pyarrow.parquet as pq
+
+    from dmdb import compare as C
+    from dmdb.catalog import evaluate_fit
+    from dmdb.export import export_fit
+
+    result = C.compare(db, [linear, second])
+    assert [r["name"] for r in result.table.to_pylist()] == [
+        "dmdb fit (fast, linear)", "dmdb fit (fast, second-order (K = 10))"]
+    np.testing.assert_allclose(result.lds[second], stored, atol=1e-9)
+    # on other runs (here the same ones, through the recomputing path) the pairs count
+    bias, weights = db.load_fit(second)
+    test_ids = np.sort(db.sql("SELECT run_id FROM fit_runs WHERE fit_id = ? AND split = 'test'",
+                              [second]).column(0).to_numpy())
+    again = evaluate_fit(db, bias, weights, test_ids, 0, C._pairs(db, second, 0, M))[2]
+    np.testing.assert_allclose(again, stored, atol=1e-5)
+    without = evaluate_fit(db, bias, weights, test_ids, 0, None)[2]
+    assert np.mean(without) < np.mean(stored) - 0.01
+    t, a, b, w = db.load_interactions(second)
+    paths = export_fit(db, second, tmp_path / "npy", "npy")
+    assert paths[-1].name == "interactions.npz"
+    with np.load(paths[-1]) as z:
+        for name, want in (("target_idx", t), ("train_a", a), ("train_b", b), ("weight", w)):
+            np.testing.assert_array_equal(z[name], want)
+    paths = export_fit(db, second, tmp_path / "pq", "parquet")
+    table = pq.read_table(paths[-1]).to_pydict()
+    assert paths[-1].name == "interactions.parquet" and table["weight"] == w.tolist()
+    assert [p.name for p in export_fit(db, linear, tmp_path / "lin", "npy")] == [
+        "bias.npy", "weights.npz"]  # a linear fit has no interactions file
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -229,9 +229,9 @@ def test_ceiling_bad_input_writes_nothing(digits_db: dmdb.Database,
     assert table_counts(digits_db) == before
 
 
-def ceiling_oracle(db: dmdb.Database) -> dict[str, np.ndarray]:
+def ceiling_oracle(db: dmdb.Database, fit_id: int = 1) -> dict[str, np.ndarray]:
     """Noise-ceiling metrics from the ceiling runs, with scipy and explicit loops."""
-    bias, weights = db.load_fit(1)
+    bias, weights = db.load_fit(fit_id)
     ids = db.sql("SELECT v.run_id, CAST(r.info->>'$.ceiling_mask' AS INT) AS j, "
                  "CAST(r.info->>'$.ceiling_seed' AS INT) AS s FROM verify_runs v "
                  "JOIN runs r USING (run_id) WHERE v.kind = 'ceiling'").to_pylist()
@@ -246,6 +246,8 @@ def ceiling_oracle(db: dmdb.Database) -> dict[str, np.ndarray]:
         y[r["j"], r["s"]] = margins[row[r["run_id"]]]
         x[r["j"]] = masks[row[r["run_id"]]]
     pred = bias + x @ weights.toarray().T
+    for t, a, b, phi in zip(*db.load_interactions(fit_id), strict=True):
+        pred[:, t] += phi * x[:, a] * x[:, b]
     out: dict[str, list[float]] = {k: [] for k in ("seed", "r2", "lds_1", "lds_2")}
     for t in range(*TARGETS):
         yt = y[:, :, t]
@@ -323,3 +325,96 @@ def test_interrupted_verify_keeps_verify_runs_consistent(
     assert (second.trained, second.reused, second.interrupted) == (12, 12, False)
     n = db.sql("SELECT sum(n_models) FROM counterfactuals").column(0)[0].as_py()
     assert n == 24 == table_counts(db)["verify_runs"]
+
+
+# --------------------------------------------------------------------------- #
+# A fit and its second-order sibling (the same runs), side by side
+
+
+@pytest.fixture(scope="module")
+def with_sibling(tmp_path_factory: pytest.TempPathFactory) -> tuple[dmdb.Database, int]:
+    """Fit 1 and a second-order fit of the same runs: fit 1's weights plus two pairs per target
+    among its largest weights (phi of either sign, large enough to change the rankings)."""
+    db = digits_copy(tmp_path_factory)
+    lin = load_fit_under_test(db, 1)
+    runs = {s: db.sql("SELECT run_id FROM fit_runs WHERE fit_id = 1 AND split = ? "
+                      "ORDER BY run_id", [s]).column(0).to_numpy() for s in ("fit", "val", "test")}
+    pairs: list[tuple[int, int, int, float]] = []
+    for t in range(*TARGETS):
+        idx, w = lin.ranked(t)
+        if len(idx) >= 3:
+            top = np.sort(idx[:3])
+            pairs += [(t, int(top[0]), int(top[1]), -0.8 * float(w[0])),
+                      (t, int(top[1]), int(top[2]), 0.3 * float(w[0]))]
+    cols = [np.array(c) for c in zip(*pairs, strict=True)]
+    fid = record_fit(db, runs=runs, target_range=TARGETS, bias=lin.bias[slice(*TARGETS)],
+                     weights=lin.weights[slice(*TARGETS)], solver="test-lasso", device="cpu",
+                     alpha=0.5, parameters={"pairs": 3},
+                     pairs=(cols[0] - TARGETS[0], cols[1].astype(np.int64),
+                            cols[2].astype(np.int64), cols[3].astype(np.float32)))
+    return db, fid
+
+
+def changes_with(db: dmdb.Database, verified: int, model: int
+                 ) -> dict[tuple[int, str, int], np.ndarray]:
+    """(target, condition, k) -> (predicted change, actual change) on the verified fit's runs,
+    predicted by fit ``model`` with FitUnderTest.predict_removal, in numpy."""
+    fit = load_fit_under_test(db, model)
+    vr = db.sql("SELECT run_id, target_idx, condition, k, removed FROM verify_runs "
+                "WHERE kind = 'counterfactual' AND fit_id = ?", [verified]).to_pylist()
+    run_ids, _, margins = db.load_runs(split="verify")
+    row_of = {int(r): i for i, r in enumerate(run_ids)}
+    groups: dict[tuple[int, str, int], list[tuple[float, float]]] = {}
+    for r in vr:
+        t = r["target_idx"]
+        groups.setdefault((t, r["condition"], r["k"]), []).append(
+            (fit.predict_removal(t, r["removed"]), float(margins[row_of[r["run_id"]], t])))
+    mean = {key: np.mean(v, axis=0) for key, v in groups.items()}
+    return {key: mean[key] - mean[(key[0], "none", 0)] for key in mean if key[1] != "none"}
+
+
+@pytest.mark.parametrize("verified_is_linear", [True, False])
+def test_verify_scores_the_sibling_on_the_same_runs(
+    with_sibling: tuple[dmdb.Database, int], verified_is_linear: bool
+) -> None:
+    db, pair_fit = with_sibling
+    fid, other = (1, pair_fit) if verified_is_linear else (pair_fit, 1)
+    report = verify(db, fit_id=fid, targets=3, ks=(3, 6), models=3, brittleness_targets=0,
+                    seed=2, **QUIET)
+    assert [m.fit_id for m in report.models_compared] == [fid, other]
+    own, sibling = report.models_compared
+    assert (own.pearson, own.slope) == (report.pearson, report.slope)
+    assert {m.fit_id: m.label for m in report.models_compared} == {
+        1: "linear", pair_fit: "second-order (K = 3)"}
+    for model, score in ((fid, own), (other, sibling)):
+        by_key = changes_with(db, fid, model)
+        c = np.array(list(by_key.values()))
+        assert score.n_conditions == len(c) == 12
+        assert score.pearson == pytest.approx(np.corrcoef(c.T)[0, 1], abs=1e-6)
+        assert score.slope == pytest.approx(np.polyfit(*c.T, 1)[0], abs=1e-6)
+        top6 = [v[0] for (_, cond, k), v in by_key.items() if (cond, k) == ("top", 6)]
+        assert score.top_predicted[6] == pytest.approx(np.mean(top6), abs=1e-6)
+    assert own.pearson != pytest.approx(sibling.pearson, abs=1e-9)  # the pairs matter
+    text = report.summary()
+    assert "side by side" in text and "second-order (K = 3)" in text
+
+
+def test_ceiling_records_the_sibling_with_its_pairs(
+    with_sibling: tuple[dmdb.Database, int]
+) -> None:
+    db, pair_fit = with_sibling
+    report = ceiling(db, fit_id=1, masks=5, seeds=3, seed=7, **QUIET)
+    for fid in (1, pair_fit):
+        rows = db.sql("SELECT lds_1, lds_2 FROM noise_ceiling WHERE fit_id = ? "
+                      "ORDER BY target_idx", [fid]).to_pylist()
+        oracle = ceiling_oracle(db, fid)
+        assert len(rows) == TARGETS[1] - TARGETS[0]
+        for name in ("lds_1", "lds_2"):
+            got = np.array([np.nan if r[name] is None else r[name] for r in rows])
+            np.testing.assert_allclose(got, oracle[name], atol=1e-6, err_msg=f"{fid} {name}")
+    assert [m[0] for m in report.models] == [1, pair_fit]
+    lin, second = (np.nanmean(ceiling_oracle(db, f)["lds_1"]) for f in (1, pair_fit))
+    assert (report.models[0][2], report.models[1][2]) == (pytest.approx(lin),
+                                                          pytest.approx(second))
+    assert lin != pytest.approx(second, abs=1e-9)
+    assert "side by side" in report.summary()

@@ -44,14 +44,15 @@ class CeilingReport:
     reused: int
     seconds: float
     interrupted: bool
-    seed_spearman: float
-    mask_r2: float
-    attainable_lds: float
-    lds_1: float
-    lds_2: float
-    lds_5: float
-    lds_all: float     # against margins averaged over all n_seeds seeds
-    fit_lds: float     # the fit's own LDS on its test runs (datamodels.test_spearman)
+    # NaN until measured (an interrupted run measures nothing)
+    seed_spearman: float = float("nan")
+    mask_r2: float = float("nan")
+    attainable_lds: float = float("nan")
+    lds_1: float = float("nan")
+    lds_2: float = float("nan")
+    lds_5: float = float("nan")
+    lds_all: float = float("nan")  # against margins averaged over all n_seeds seeds
+    fit_lds: float = float("nan")  # the fit's own LDS on its test runs (its test_spearman)
     # The fit and its siblings (the same runs, e.g. its second-order refit) on these
     # masks: (fit_id, label, mean single-seed LDS, mean attainable LDS on its targets)
     models: list[tuple[int, str, float, float]] = field(default_factory=list)
@@ -208,7 +209,7 @@ def ceiling(
     interrupted = run_plan(db, model, todo, alpha=fit.alpha, progress=progress, echo=echo)
     trained = len(todo) - len(todo.without(done_keys(db, "ceiling/")))
     report = CeilingReport(fit.fit_id, fit.alpha, masks, seeds, trained, len(plan) - len(todo),
-                           0.0, interrupted, *([float("nan")] * 8))
+                           0.0, interrupted)
     if not interrupted:
         fits = [fit, *(load_fit_under_test(db, f) for f in sibling_fits(db, fit.fit_id))]
         margins, mask_x = _ceiling_margins(db, plan.keys(), masks, seeds)
