@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from dmdb.catalog import fit_label, sibling_fits
 from dmdb.db import Database
 from dmdb.errors import DmdbError, FitError
 from dmdb.export import check_output_folder, output_folder
@@ -101,7 +102,8 @@ def report(
     ctx = _Context(db, fit, out, learning_curve, progress, echo)
     sections = []
     for make in (_predictions, _lds_histogram, _influencers, _counterfactual_scatter,
-                 _brittleness, _embedding, _learning_curve, _comparison):
+                 _second_order, _interactions, _brittleness, _embedding, _learning_curve,
+                 _comparison):
         try:
             sections.append(make(ctx))
         except DmdbError as e:
@@ -126,8 +128,7 @@ def _predictions(ctx: _Context) -> Section:
         return Section(title, note="skipped: the fit records no test runs")
     _, x, y = ctx.db.load_runs(run_ids=ids)
     targets = _sample(ctx.fit.fitted, 6, seed=0)
-    w = ctx.fit.weights[targets]
-    pred = ctx.fit.bias[targets][None, :] + np.asarray((w @ x.T.astype(np.float32)).T)
+    pred = ctx.fit.predict(x)[:, targets]  # a second-order fit's pairs included
     actual = y[:, targets].astype(np.float64)
     r = correlations(pred, actual)[0]
     fig = _figure(6.2, 5.2)
@@ -136,8 +137,7 @@ def _predictions(ctx: _Context) -> Section:
     for j, t in enumerate(targets):
         ax.scatter(pred[:, j], actual[:, j], s=10, alpha=0.6, color=colours[j],
                    label=f"target {t} (r={r[j]:.2f})")
-    lo, hi = np.nanmin([pred.min(), actual.min()]), np.nanmax([pred.max(), actual.max()])
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
+    _diagonal(ax, np.r_[pred.ravel(), actual.ravel()])
     ax.set(xlabel="predicted margin (datamodel)", ylabel="actual margin (trained model)",
            title=f"Fit {ctx.fit.fit_id}: {len(ids)} test runs, {len(targets)} targets")
     ax.legend(fontsize=8, loc="upper left")
@@ -244,8 +244,7 @@ def _counterfactual_scatter(ctx: _Context) -> Section:
     ax.scatter(pc[sel], ac[sel], s=22, marker="x", color="#888888",
                label="random removed (control)")
     use = (cond != "none") & np.isfinite(pc) & np.isfinite(ac)
-    lo, hi = min(pc[use].min(), ac[use].min()), max(pc[use].max(), ac[use].max())
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
+    _diagonal(ax, np.r_[pc[use], ac[use]])
     intercept = np.polyfit(pc[use], ac[use], 1)[1]
     xs = np.array([pc[use].min(), pc[use].max()])
     ax.plot(xs, intercept + stats["slope"] * xs, color="#c44e52", lw=1.5,
@@ -263,6 +262,188 @@ def _counterfactual_scatter(ctx: _Context) -> Section:
          f"{stats['n_conditions']} conditions", f"slope {stats['slope']:.2f}",
          f"margin fell for {stats['frac_top_drop']:.0%} of targets at top {stats['k_max']}",
          f"mean |change| for random removals {stats['mean_abs_random']:.2f}"])
+
+
+def _second_order(ctx: _Context) -> Section:
+    title = "Linear and second-order datamodels"
+    linear, second = _linear_and_second_order(ctx)
+    if linear is None or second is None:
+        return Section(title, note="skipped: " + _no_counterpart(ctx, linear, second))
+    db, me = ctx.db, ctx.fit.fit_id
+    lds = db.sql(
+        "SELECT a.test_spearman AS linear, b.test_spearman AS second FROM datamodels a "
+        "JOIN datamodels b USING (target_idx) WHERE a.fit_id = ? AND b.fit_id = ? "
+        "AND a.test_spearman IS NOT NULL AND b.test_spearman IS NOT NULL "
+        "ORDER BY target_idx", [linear, second]).to_pydict()
+    x = np.array(lds["linear"], dtype=np.float64)
+    y = np.array(lds["second"], dtype=np.float64)
+    if len(x) == 0:
+        return Section(title, note=f"skipped: no target has an LDS under both fit {linear} "
+                                   f"and fit {second}")
+    names = {f: f"fit {f}, {fit_label(db, f)}" for f in (linear, second)}
+    # The retrained runs of whichever of the two was verified, the report's own fit first.
+    other = second if me == linear else linear
+    verified = next((f for f in (me, other) if _has_counterfactuals(db, f)), None)
+    changes = {} if verified is None else _predicted_and_actual(db, verified, (linear, second))
+    fig = _figure(11.0 if changes else 5.6, 4.8)
+    ax = fig.add_subplot(1, 2 if changes else 1, 1)
+    improved = float(np.mean(y > x))
+    ax.scatter(x, y, s=14, color="#4c72b0", alpha=0.7)
+    _diagonal(ax, np.r_[x, y])
+    ax.set(xlabel=f"LDS, {names[linear]}", ylabel=f"LDS, {names[second]}",
+           title=f"mean LDS {x.mean():.3f} (linear) vs {y.mean():.3f} (second-order); "
+                 f"{improved:.0%} of targets improved")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8, loc="lower right")  # improved targets sit top left
+    numbers = [f"mean LDS over the {len(x)} targets both fits model: linear (fit {linear}) "
+               f"{x.mean():.3f}, second-order (fit {second}) {y.mean():.3f}",
+               f"the second-order fit has the higher LDS on {improved:.0%} of them"]
+    caption = ("Left: each point is one target, its LDS on the test runs the two fits share "
+               "under the linear fit (x) and under its second-order refit (y); points above "
+               "y = x are targets the pairs model better.")
+    if changes:
+        ax = fig.add_subplot(1, 2, 2)
+        every = []
+        for (m, (pc, ac, stats)), colour in zip(changes.items(), _colours(2), strict=True):
+            ax.scatter(pc, ac, s=22, color=colour, alpha=0.7)
+            intercept = np.polyfit(pc, ac, 1)[1]
+            xs = np.array([pc.min(), pc.max()])
+            ax.plot(xs, intercept + stats["slope"] * xs, color=colour, lw=1.5,
+                    label=f"{names[m]}: slope {stats['slope']:.2f}")
+            every += [pc, ac]
+            numbers.append(f"{names[m]}: Pearson {stats['pearson']:.3f}, Spearman "
+                           f"{stats['spearman']:.3f}, slope {stats['slope']:.2f} over the "
+                           f"{stats['n_conditions']} retrained conditions of fit {verified}")
+        _diagonal(ax, np.concatenate(every))
+        ax.set(xlabel="predicted change in margin", ylabel="actual change in margin (retrained)",
+               title=f"counterfactuals of fit {verified}, predicted by each model")
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=8, loc="upper left")
+        caption += (" Right: the removals `dmdb verify` retrained for fit "
+                    f"{verified}, predicted by each model (one colour each, with its "
+                    "least-squares line); a slope nearer 1 means the predicted changes have "
+                    "the real size.")
+    else:
+        numbers.append(f"no counterfactuals of fit {linear} or {second} yet: run `dmdb "
+                       f"verify --fit {me}` to compare the two models on retrained runs")
+        caption += " Run `dmdb verify` to add the counterfactual panel."
+    return Section(title, _save(ctx, fig, "pairs.png"), caption, numbers)
+
+
+def _interactions(ctx: _Context) -> Section:
+    title = "Strongest interactions"
+    shape = ctx.db.experiment.config.get("image_shape")
+    if not shape:
+        return Section(title, note="skipped: the experiment has no image_shape (not images)")
+    linear, second = _linear_and_second_order(ctx)
+    if second is None:
+        return Section(title, note="skipped: " + _no_counterpart(ctx, linear, second))
+    with_pairs = ctx.db.sql("SELECT DISTINCT target_idx FROM interactions WHERE fit_id = ? "
+                            "ORDER BY target_idx", [second]).column(0).to_numpy()
+    if not len(with_pairs):
+        return Section(title, note=f"skipped: fit {second} stores no non-zero interaction")
+    targets = [int(t) for t in _sample(with_pairs, 4, seed=2)]
+    top = ctx.db.sql("SELECT target_idx, train_a, train_b, weight FROM top_interactions_k(?, 4) "
+                     "WHERE list_contains(?, target_idx) ORDER BY target_idx, rank",
+                     [second, targets]).to_pydict()
+    rows: dict[int, list[tuple[int, int, float]]] = {t: [] for t in targets}
+    for t, a, b, w in zip(top["target_idx"], top["train_a"], top["train_b"], top["weight"],
+                          strict=True):
+        rows[int(t)].append((int(a), int(b), float(w)))
+    train = _pixels(ctx.db, "train_examples", "train_idx",
+                    sorted({i for pairs in rows.values() for a, b, _ in pairs for i in (a, b)}))
+    tgt = _pixels(ctx.db, "targets", "target_idx", targets)
+    if any(v[1] is None for v in train.values()) or any(v[1] is None for v in tgt.values()):
+        return Section(title, note="skipped: the database holds no pixels for these examples")
+    width = max(len(p) for p in rows.values())
+    fig = _figure(1.2 + 2.3 * width, 1.6 * len(rows) + 0.4)
+    # A subfigure per pair, so that the pair's weight titles both of its images.
+    cells = fig.subfigures(len(rows), 1 + width, width_ratios=[1] + [2] * width, squeeze=False)
+    for r, (t, pairs) in enumerate(rows.items()):
+        label, pixels = tgt[t]
+        _image(cells[r, 0].subplots(), pixels, shape, f"target {t}\nlabel {label}", "k")
+        for c, (a, b, w) in enumerate(pairs):
+            cell = cells[r, 1 + c]
+            cell.suptitle(f"weight {w:+.3f}", fontsize=8,
+                          color="#2a6fb0" if w > 0 else "#b03030")
+            for ax, i in zip(cell.subplots(1, 2), (a, b), strict=True):
+                lab, pix = train[i]
+                _image(ax, pix, shape, f"train {i}\nlabel {lab}",
+                       "#2a7f2a" if lab == label else "#555555")
+    fig.suptitle(f"fit {second}: each target's {width} strongest pairs by |interaction weight| "
+                 "(blue: positive, red: negative; green label: same as the target's)",
+                 fontsize=10)
+    members = [train[i][0] == tgt[t][0] for t, pairs in rows.items() for a, b, _ in pairs
+               for i in (a, b)]
+    weights = np.array([w for pairs in rows.values() for *_, w in pairs])
+    total = ctx.db.sql("SELECT count(*) FROM interactions WHERE fit_id = ?",
+                       [second]).column(0)[0].as_py()
+    return Section(
+        title, _save(ctx, fig, "interactions.png"),
+        "Each row: a target, then the pairs of training images with the largest |interaction "
+        "weight| in its second-order datamodel. A positive weight means training on both "
+        "raises the target's margin more than their own weights say; a negative one, less "
+        "(often two images that stand in for each other).",
+        [f"fit {second}: {total} non-zero interactions over {len(with_pairs)} targets",
+         f"{np.mean(weights > 0):.0%} of the pairs shown have a positive weight",
+         f"{np.mean(members):.0%} of the pair members shown share the target's label"])
+
+
+def _linear_and_second_order(ctx: _Context) -> tuple[int | None, int | None]:
+    """(linear fit, second-order fit): the report's fit and the newest sibling of the other kind.
+
+    Either is None where there is none; both where the report's fit is imported.
+    """
+    me = ctx.fit.fit_id
+    rows = ctx.db.sql(
+        "SELECT fit_id, coalesce(TRY_CAST(parameters->>'pairs' AS INTEGER), 0) > 0 AS second "
+        "FROM fits WHERE solver <> 'imported' AND list_contains(?, fit_id) ORDER BY fit_id",
+        [[me, *sibling_fits(ctx.db, me)]]).to_pylist()
+    second = {int(r["fit_id"]): bool(r["second"]) for r in rows}
+    if me not in second:
+        return None, None
+    others = [f for f, s in second.items() if s != second[me]]
+    other = max(others) if others else None
+    return (other, me) if second[me] else (me, other)
+
+
+def _no_counterpart(ctx: _Context, linear: int | None, second: int | None) -> str:
+    """Why a section comparing a linear fit with its second-order refit has no pair of them."""
+    me = ctx.fit.fit_id
+    if linear is None and second is None:
+        return f"fit {me} is imported, not a linear or second-order fit of this database's runs"
+    if second is None:
+        return (f"fit {me} has no second-order refit of the same runs: run "
+                "`dmdb fit DB --pairs 60` (with the same --alpha and --target-range), "
+                "then `dmdb verify`")
+    return (f"fit {me} has no linear fit of the same runs: run `dmdb fit DB` (with the "
+            "same --alpha and --target-range), then `dmdb verify`")
+
+
+def _has_counterfactuals(db: Database, fit_id: int) -> bool:
+    return bool(db.sql("SELECT count(*) FROM verify_runs WHERE fit_id = ? "
+                       "AND kind = 'counterfactual'", [fit_id]).column(0)[0].as_py())
+
+
+def _predicted_and_actual(
+    db: Database, verified: int, models: tuple[int, ...]
+) -> dict[int, tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
+    """Per model: predicted and actual changes of the verified fit's removals, and their summary.
+
+    Empty unless every model has at least 3 conditions (as the counterfactual figure needs).
+    """
+    out = {}
+    for m in models:
+        rows = counterfactual_rows(db, verified, model=m)
+        stats = summarise_counterfactuals(rows)
+        if stats["n_conditions"] < 3:
+            return {}
+        d = rows.to_pydict()
+        pc = np.array(d["predicted_change"], dtype=np.float64)
+        ac = np.array(d["actual_change"], dtype=np.float64)
+        use = (np.array(d["condition"]) != "none") & np.isfinite(pc) & np.isfinite(ac)
+        out[m] = (pc[use], ac[use], stats)
+    return out
 
 
 def _brittleness(ctx: _Context) -> Section:
@@ -455,6 +636,11 @@ def _colours(n: int) -> list[Any]:
 
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _diagonal(ax: Any, values: np.ndarray) -> None:
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
 
 
 def _pixels(db: Database, table: str, key: str, ids: list[int]) -> dict[int, tuple[Any, Any]]:
