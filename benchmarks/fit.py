@@ -95,7 +95,9 @@ def kernel_line(choice: dict | None) -> str:
     probe = "x".join(map(str, choice["probe"])) if choice["probe"] else ""
     return (f"{choice['kernel']} ({choice['reason']}"
             + (f"; probe {probe}: {times}" if times else "")
-            + (f"; screened out on the small probe: {screened}" if screened else "") + ")")
+            + (f"; screened out on the small probe, where float32 took "
+               f"{1e3 * choice.get('screen', {}).get('float32', float('nan')):.1f} ms: {screened}"
+               if screened else "") + ")")
 
 
 def bench_command(d: dict[str, np.ndarray], n_feat: int, n_tgt: int, device: str,

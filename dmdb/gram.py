@@ -77,6 +77,9 @@ class KernelChoice:
         Best seconds per timed kernel on the probe.
     screened_out : dict
         Seconds on the small screen of kernels too slow to time on the probe.
+    screen : dict
+        Seconds of every kernel on that screen (float32's is the yardstick there;
+        the screen is 32x smaller than the probe, so its times are not the probe's).
     """
 
     kernel: str
@@ -84,12 +87,14 @@ class KernelChoice:
     probe: tuple[int, int] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     screened_out: dict[str, float] = field(default_factory=dict)
+    screen: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready record (what ``fits.parameters`` stores)."""
         return {"kernel": self.kernel, "reason": self.reason,
                 "probe": None if self.probe is None else list(self.probe),
-                "seconds": dict(self.seconds), "screened_out": dict(self.screened_out)}
+                "seconds": dict(self.seconds), "screened_out": dict(self.screened_out),
+                "screen": dict(self.screen)}
 
 
 def count_gram(a: torch.Tensor, kernel: str = "int8") -> torch.Tensor:
@@ -225,7 +230,7 @@ def choose_kernel(
     if key in _CACHE:
         found = _CACHE[key]
         return KernelChoice(found.kernel, "measured earlier in this process", found.probe,
-                            found.seconds, found.screened_out)
+                            found.seconds, found.screened_out, found.screen)
     choice = _measure(device, rows, cols)
     _CACHE[key] = choice
     return choice
@@ -256,7 +261,7 @@ def _measure(device: torch.device, rows: int, cols: int) -> KernelChoice:
     best = min(seconds, key=seconds.__getitem__)
     if seconds[best] > _MARGIN * seconds["float32"]:
         best = "float32"
-    return KernelChoice(best, "measured", (rows, cols), seconds, screened_out)
+    return KernelChoice(best, "measured", (rows, cols), seconds, screened_out, screen_s)
 
 
 def _times(a: torch.Tensor, kernels: Any, device: torch.device) -> dict[str, float]:
