@@ -447,4 +447,7 @@ def test_auto_gram_kernel_is_measured_once_and_never_slower_than_float32():
     assert again.reason == "measured earlier in this process" and again.kernel == choice.kernel
     assert choose_kernel("auto", torch.device("cpu"), 37, 500).reason == "too small to measure"
     record = choice.as_dict()
-    assert set(record) == {"kernel", "reason", "probe", "seconds", "screened_out"}
+    assert set(record) == {"kernel", "reason", "probe", "seconds", "screened_out", "screen"}
+    # the screen timed every kernel; those screened out were > 4x float32 there
+    assert set(choice.screen) == set(KERNELS)
+    assert all(s > 4 * choice.screen["float32"] for s in choice.screened_out.values())
