@@ -120,6 +120,7 @@ def run_quickstart(
     models = [("linear", fitted.mean_lds, checked.pearson, checked.slope)]
     if second is not None:
         # verify scored the second-order fit on the linear fit's retrained runs
+        assert second.fit_id is not None  # fitted into the database, not to a block file
         score = {m.fit_id: m for m in checked.models_compared}[second.fit_id]
         summary |= {"pair_fit_id": second.fit_id, "pair_mean_lds": second.mean_lds,
                     "pair_counterfactual_pearson": score.pearson, "pair_slope": score.slope}

@@ -588,7 +588,9 @@ def _learning_curve_points(ctx: _Context) -> tuple[list[tuple[int, float, int]],
                  "WHERE fit_id = ?", [fid]).to_pylist()[0]
     sizes = sorted({max(MIN_RUNS["fit"], round(f * row["n_fit"]))
                     for f in LEARNING_CURVE_FRACTIONS} - {row["n_fit"]})
-    kwargs = recorded_options(json.loads(row["parameters"] or "{}"))
+    params = json.loads(row["parameters"] or "{}")
+    kwargs = recorded_options(params)
+    row["pairs"] = params.get("pairs")  # a second-order fit's curve is of second-order refits
     points, notes = [], []
     for n in sizes:
         found = _existing_fit(db, row, n)
@@ -596,8 +598,8 @@ def _learning_curve_points(ctx: _Context) -> tuple[list[tuple[int, float, int]],
             try:
                 result = refit(db, alpha=row["alpha"], max_fit_runs=n,
                                target_range=(row["target_lo"], row["target_hi"]),
-                               learning_curve_of=fid, progress=ctx.progress, echo=ctx.echo,
-                               **kwargs)
+                               learning_curve_of=fid, pairs=row["pairs"],
+                               progress=ctx.progress, echo=ctx.echo, **kwargs)
             except FitError as e:
                 notes.append(f"{n} runs: {e}")
                 continue
@@ -611,8 +613,9 @@ def _learning_curve_points(ctx: _Context) -> tuple[list[tuple[int, float, int]],
 def _existing_fit(db: Database, row: dict[str, Any], n: int) -> int | None:
     found = db.sql(
         "SELECT max(fit_id) FROM fits WHERE n_fit = ? AND target_lo = ? AND target_hi = ? "
-        "AND alpha IS NOT DISTINCT FROM ?",
-        [n, row["target_lo"], row["target_hi"], row["alpha"]]).column(0)[0].as_py()
+        "AND alpha IS NOT DISTINCT FROM ? "
+        "AND TRY_CAST(parameters->>'pairs' AS INTEGER) IS NOT DISTINCT FROM ?",
+        [n, row["target_lo"], row["target_hi"], row["alpha"], row["pairs"]]).column(0)[0].as_py()
     return None if found is None else int(found)
 
 

@@ -180,3 +180,19 @@ def test_report_bad_input(tmp_path: Path, case: str) -> None:
     with pytest.raises(UsageError):
         report(db, out, **kwargs)
     assert not (out / "index.html").exists()
+
+
+def test_learning_curve_of_a_second_order_fit_refits_with_pairs(tmp_path: Path) -> None:
+    db = planted_db(str(tmp_path / "p.duckdb"), 1000, 7)
+    linear = fit(db, **QUIET).fit_id
+    second = fit(db, pairs=10, **QUIET).fit_id
+    curve = "SELECT n_fit, parameters->>'pairs' AS pairs FROM fits " \
+            "WHERE parameters->>'learning_curve_of' = ? ORDER BY n_fit"
+    report(db, tmp_path / "second", fit_id=second, **QUIET)
+    refits = db.sql(curve, [str(second)]).to_pylist()
+    assert len(refits) == 3 and {r["pairs"] for r in refits} == {"10"}
+    # The linear fit's curve does not reuse the second-order refits of the same sizes.
+    report(db, tmp_path / "linear", fit_id=linear, **QUIET)
+    mine = db.sql(curve, [str(linear)]).to_pylist()
+    assert [r["n_fit"] for r in mine] == [r["n_fit"] for r in refits]
+    assert {r["pairs"] for r in mine} == {None}
