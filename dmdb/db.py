@@ -52,6 +52,10 @@ def _is_lock_error(e: Exception) -> bool:
     return "lock on file" in msg or "Conflicting lock" in msg
 
 
+_READ_ONLY_FS = ("{path} is on a read-only file system; reads still work (copy it somewhere "
+                 "writable to change it)")
+
+
 def _open_error(path: str, e: Exception, write: bool) -> DatabaseError:
     """One line for a file DuckDB would not open, saying what to do about it."""
     first = str(e).splitlines()[0]
@@ -62,6 +66,8 @@ def _open_error(path: str, e: Exception, write: bool) -> DatabaseError:
         )
     if "Permission denied" in first and write:
         return DatabaseError(f"{path}: no permission to write this file; reads still work")
+    if "Read-only file system" in first and write:
+        return DatabaseError(_READ_ONLY_FS.format(path=path))
     return DatabaseError(f"{path}: cannot open: {first}")
 
 
@@ -302,6 +308,25 @@ class Database:
         from dmdb.ingest import ingest  # the one upward call: a public method kept by name
 
         return ingest(self, data, source=source, progress=progress)
+
+    def check_can_write(self) -> None:
+        """Refuse at once, in one line, a file that can never be written here.
+
+        For work that writes only at its end or in the background (training streams
+        its runs), so that it does not train first and fail later: a read-only
+        Database, a file without write permission, or one on a read-only file system.
+        A busy file is not refused: it may be free by the time it is written.
+        """
+        if self.read_only:
+            with self.session(write=True):
+                pass  # raises the read-only UsageError
+        if self.in_memory or self._user is not None:
+            return
+        if os.statvfs(self.path).f_flag & os.ST_RDONLY:
+            raise DatabaseError(_READ_ONLY_FS.format(path=self.path))
+        if not os.access(self.path, os.W_OK):
+            raise DatabaseError(f"{self.path}: no permission to write this file; reads still "
+                                "work")
 
     # -- transactions ---------------------------------------------------------------------
 

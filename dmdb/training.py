@@ -274,6 +274,7 @@ def train(
     if len(draws) == 0:
         echo(f"draws 0..{runs - 1} are all at alpha={alpha} (wanted {runs}); nothing to do")
         return TrainReport(runs, have, 0, 0.0, float("nan"))
+    db.check_can_write()  # before the plan is announced and anything is trained
     masks, seeds = drawn_runs(exp.seed, seed, alpha, draws, reps, exp.n_train)
     infos = draw_infos(draws, reps, device, recorded)
     echo(f"training {runs - have} mask(s) x {repeats} seed(s) at alpha={alpha} with "

@@ -218,6 +218,7 @@ class RunWriter(RunBuffer):
         on_message: Callable[[str], None] | None = None,
         close_timeout: float = 120.0,
     ) -> None:
+        db.check_can_write()  # before anything is trained for it
         exp = db.experiment
         super().__init__(exp.n_train, exp.n_targets, flush_runs=flush_runs,
                          flush_seconds=flush_seconds, trainer=trainer, source=source)

@@ -9,6 +9,7 @@ fit or the applications write unchanged. The databases are built once per module
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -512,3 +514,81 @@ def test_export_into_a_read_only_folder(world: dict[str, str]) -> None:
         assert result.returncode == 1 and len(lines) == 1, lines
         assert "cannot write the export there (Permission denied)" in lines[0]
         assert list(folder.iterdir()) == []
+
+
+@contextlib.contextmanager
+def read_only_mount(where: Path, holding: str | None = None) -> Iterator[Path]:
+    """A read-only tmpfs at ``where`` (with a copy of file ``holding`` in it): read-only even
+    for root, as an archive or a read-only share is. Skips where it cannot mount."""
+    where.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(where)],
+                       check=True, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip("cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)")
+    try:
+        if holding is not None:
+            shutil.copy(holding, where)
+        subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True,
+                       capture_output=True, timeout=30)
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True, capture_output=True, timeout=30)
+
+
+@pytest.mark.parametrize("command", ["export", "report"])
+def test_output_on_a_read_only_file_system(world: dict[str, str], tmp_path: Path,
+                                           command: str) -> None:
+    """Root may write into any folder, but not onto a read-only file system: one line."""
+    db = str(tmp_path / "exp.duckdb")
+    shutil.copy(world["exp"], db)
+    before = table_counts(db)
+    with read_only_mount(tmp_path / "ro") as ro:
+        args = (["export", db, "--fit", "1", "--out", str(ro / "x")] if command == "export"
+                else ["report", db, str(ro / "x"), "-q"])
+        code, out, exc, _ = invoke(*args)
+        assert code == 1 and len(out.strip().splitlines()) == 1, (out, exc)
+        assert "cannot write the " in out and "(Read-only file system)" in out, out
+        assert list(ro.iterdir()) == []
+    assert table_counts(db) == before
+
+
+def test_reads_work_on_a_read_only_file_system(world: dict[str, str], tmp_path: Path) -> None:
+    """Status, SQL, export and the views read a database on a read-only file system."""
+    with read_only_mount(tmp_path / "ro", holding=world["exp"]) as ro:
+        db = str(ro / Path(world["exp"]).name)
+        for args, expected in ((["status", db], "fit"),
+                               (["sql", db, "SELECT count(*) AS n FROM lds"], "row"),
+                               (["fits", db], "fast"),
+                               (["export", db, "--fit", "1", "--out", str(tmp_path / "x")],
+                                "weights")):
+            code, out, exc, _ = invoke(*args)
+            assert code == 0 and expected in out, (args, out, exc)
+        lds = dmdb.connect(db, read_only=True).sql("SELECT avg(spearman) FROM lds").column(0)
+        assert lds[0].as_py() is not None
+        for args in (["fit", db, "-q"], ["ingest", db, "--masks", world["m"], "--margins",
+                                          world["y"], "--alpha", "0.5", "-q"]):
+            code, out, _, _ = invoke(*args)  # a write: one line, nothing changes
+            assert code == 1 and len(out.strip().splitlines()) == 1, out
+            assert "read-only file system" in out
+        assert table_counts(db) == table_counts(world["exp"])
+
+
+def test_training_on_a_read_only_file_system_refuses_before_it_trains(
+    world: dict[str, str], tmp_path: Path
+) -> None:
+    """train, verify and verify --ceiling would train first and fail when writing."""
+    from tests.test_verify import make_digits_db
+
+    made = make_digits_db(tmp_path / "digits.duckdb", runs=40).path  # MLP runs and a fit
+    with read_only_mount(tmp_path / "ro", holding=made) as ro:
+        db = str(ro / "digits.duckdb")
+        for args in (["train", db, "--runs", "50", "--alpha", "0.5", "-q"],
+                     ["verify", db, "--targets", "2", "--k", "3", "--models", "2",
+                      "--brittleness-targets", "0", "-q"],
+                     ["verify", db, "--ceiling", "--masks", "3", "--seeds", "2", "-q"]):
+            code, out, exc, _ = invoke(*args)
+            assert code == 1 and out.strip().splitlines() == [
+                f"Error: {db} is on a read-only file system; reads still work (copy it "
+                "somewhere writable to change it)"], (out, exc)
+        assert table_counts(db) == table_counts(made)

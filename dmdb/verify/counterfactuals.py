@@ -361,6 +361,7 @@ def verify(
     fit = load_fit_under_test(db, fit_id)
     ks = _check_verify_args(ks, targets, models, brittleness_targets, seed, exp.n_train,
                             len(fit.fitted))
+    db.check_can_write()  # it records what it trains
     model, opts = build_trainer(db, fit, trainer, device, options, batch_models=batch_models)
     plan = Plan()
     cf_targets = _plan_counterfactuals(plan, fit, exp.seed, seed, targets, ks, models,

@@ -198,6 +198,7 @@ def ceiling(
         raise UsageError(f"--seeds must be at least 2 (seed-to-seed agreement), got {seeds}")
     if not 0 <= seed < 2**63:
         raise UsageError(f"--seed must be a non-negative integer, got {seed}")
+    db.check_can_write()  # it records what it trains and the ceiling's rows
     model, opts = build_trainer(db, fit, trainer, device, options, batch_models=batch_models)
     plan = Plan()
     _plan_ceiling(plan, exp.seed, seed, fit.alpha, masks, seeds, exp.n_train, device, opts)
