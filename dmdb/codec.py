@@ -31,8 +31,13 @@ def quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def pack_masks(masks: np.ndarray) -> np.ndarray:
-    """Pack a (k, N) 0/1 or bool array into (k, ceil(N/8)) uint8, checking it is 0/1."""
+def pack_masks(masks: np.ndarray, where: str = "", rows: np.ndarray | None = None
+               ) -> np.ndarray:
+    """Pack a (k, N) 0/1 or bool array into (k, ceil(N/8)) uint8, checking it is 0/1.
+
+    ``where`` (a file) and ``rows`` (each row's number there) name a bad value.
+    """
+    at = f"{where}: " if where else ""
     masks = np.asarray(masks)
     if masks.ndim != 2:
         raise InputError(f"masks must be 2-D (runs x n_train), got shape {masks.shape}")
@@ -41,8 +46,10 @@ def pack_masks(masks: np.ndarray) -> np.ndarray:
             raise InputError(f"masks must be 0/1 or bool, got dtype {masks.dtype}")
         bad = (masks != 0) & (masks != 1)
         if bad.any():
-            r, c = np.argwhere(bad)[0]
-            raise InputError(f"mask of row {r} has value {masks[r, c]!r} at {c}; masks must be 0/1")
+            r, c = (int(i) for i in np.argwhere(bad)[0])
+            row = r if rows is None else int(rows[r])
+            raise InputError(f"{at}mask of row {row} has value {masks[r, c].item()!r} at "
+                             f"column {c}; masks must be 0/1")
         masks = masks.astype(np.bool_)
     return np.packbits(masks, axis=1)
 

@@ -130,7 +130,8 @@ def batch_from_arrow(
         flat = mask_col.cast(pa.binary()) if not pa.types.is_binary(mask_col.type) else mask_col
         packed = binary_rows(flat, n_bytes).copy()
     else:
-        packed = pack_masks(_list_values(mask_col, n_train, "mask", row0))
+        packed = pack_masks(_list_values(mask_col, n_train, "mask", row0),
+                            rows=np.arange(row0, row0 + k))
     margins = as_float32_margins(_list_values(table.column("margins"), n_targets, "margins", row0))
 
     for name in names & set(_INTEGER + _NUMBER + _TEXT):
@@ -336,6 +337,7 @@ class NpySource(Source):
         self.alpha = alpha
         self.label = label or display_path(f"{masks.name}/{margins.name}")
         shown_masks, shown_margins = display_path(masks), display_path(margins)
+        self.shown_masks = shown_masks
         self.files = []
         if not (self.masks.dtype == np.bool_ or np.issubdtype(self.masks.dtype, np.number)):
             raise InputError(
@@ -382,7 +384,7 @@ class NpySource(Source):
                 )
             where = f"{self.label} rows {int(idx[0])}.."
             yield where, RunBatch(
-                masks=pack_masks(masks),
+                masks=pack_masks(masks, self.shown_masks, rows=idx),
                 margins=as_float32_margins(np.asarray(self.margins[sel]), where),
                 alpha=np.full(len(idx), self.alpha),
                 source=self.label,

@@ -226,7 +226,7 @@ ROWS = [
     ("exp", ["ingest", "{exp}", "--masks", "{strings}", "--margins", "{y20}", "--alpha", "0.5"],
      "masks must be 0/1 or bool, got dtype <U1"),
     ("exp", ["ingest", "{exp}", "--masks", "{twos}", "--margins", "{y20}", "--alpha", "0.5"],
-     "0/1"),
+     "twos.npy: mask of row 7 has value 2 at column 3; masks must be 0/1"),
     ("exp", ["ingest", "{exp}", "--masks", "{bad_name_npy}", "--margins", "{y20}", "--alpha",
              "0.5"], "bad\\xff.npy: masks must be 0/1 or bool"),
     ("exp", ["ingest", "{exp}", "--masks", "{bad_name_missing}", "--margins", "{y20}", "--alpha",
