@@ -652,6 +652,7 @@ def init(
         # killed init never leaves a file that looks like a database.
         building = str(p.with_name(f".{p.name}.init-{os.getpid()}"))
         _remove_database_file(building)
+        _remove_stale_builds(p)
     db = Database(building, _creating=True)
     try:
         with db.session(write=True, create=True) as con:
@@ -678,6 +679,25 @@ def init(
     Path(path + ".wal").unlink(missing_ok=True)
     os.replace(building, path)
     return Database(path, _creating=True)
+
+
+def _remove_stale_builds(p: Path) -> None:
+    """Remove what killed inits of ``p`` left behind (.NAME.init-PID, whose PID is gone)."""
+    prefix = f".{p.name}.init-"
+    for left in p.parent.iterdir():
+        pid = left.name[len(prefix):].removesuffix(".wal")
+        if left.name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+            left.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _remove_database_file(path: str) -> None:

@@ -147,7 +147,10 @@ def test_kill_during_init_leaves_no_database(tmp_path: Path) -> None:
     assert all(p.name.startswith(".big.duckdb.init-") for p in tmp_path.glob("*big*"))
     done = subprocess.run([*DMDB, "status", str(path)], capture_output=True, text=True)
     assert done.returncode == 1 and "no such database" in done.stderr
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".big.duckdb.init-")]
+    assert left  # the killed init's file (its process is gone) ...
     dmdb_run("init", str(path), "-N", n, "-M", "4")
+    assert not any(p.exists() for p in left)  # ... is removed by the next init of the path
     counts = check_whole(path)
     assert counts["train_examples"] == dmdb.db.MAX_TRAIN and counts["targets"] == 4
 

@@ -117,3 +117,16 @@ def test_not_a_dmdb_file(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DatabaseError, match="no such database"):
         dmdb.connect(tmp_path / "nope.duckdb")
+
+
+def test_init_removes_only_the_builds_of_dead_processes(tmp_path: Path) -> None:
+    """What a killed init left (.NAME.init-PID, PID gone) goes; a live build or an odd name
+    stays."""
+    dead = 2**22 + 12345  # above Linux's pid_max: no such process
+    names = [f".x.duckdb.init-{dead}", f".x.duckdb.init-{dead}.wal", ".x.duckdb.init-1",
+             ".x.duckdb.init-abc", f".y.duckdb.init-{dead}"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"left over")
+    dmdb.init(tmp_path / "x.duckdb", n_train=5, n_targets=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["x.duckdb", ".x.duckdb.init-1", ".x.duckdb.init-abc", f".y.duckdb.init-{dead}"])
