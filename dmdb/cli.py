@@ -536,9 +536,9 @@ def fits(db: str, drop: int | None) -> None:
 @reports_errors
 def export(db: str, fit_id: int, fmt: str, out: str | None) -> None:
     """Write a fit's bias and weights for other tools (npy or parquet)."""
+    from dmdb.codec import display_path
     from dmdb.db import connect
     from dmdb.export import export_fit
-    from dmdb.sources import display_path
 
     paths = export_fit(connect(db, read_only=True), fit_id, out or f"fit-{fit_id}", fmt)
     for p in paths:

@@ -13,6 +13,7 @@ no other encoding.
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 
 import numpy as np
@@ -116,3 +117,16 @@ def decode_runs(table: pa.Table, n_train: int) -> tuple[np.ndarray, np.ndarray, 
         return ids, masks, margins
     order = np.argsort(ids, kind="stable")
     return ids[order], masks[order], margins[order]
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """A file name as one printable line of valid UTF-8, for messages and text columns.
+
+    A name that is not valid UTF-8 reaches Python with surrogate escapes, which no
+    message, terminal or DuckDB VARCHAR can encode; its undecodable bytes are shown
+    as ``\\xNN`` instead, and control characters (a newline) as their escapes.
+    """
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)

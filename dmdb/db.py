@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from dmdb import migrations
-from dmdb.codec import decode_runs, quote_literal, utcnow
+from dmdb.codec import decode_runs, display_path, quote_literal, utcnow
 from dmdb.errors import BusyError, DatabaseError, InputError, UsageError
 
 MAX_TARGETS = 100_000  # DuckDB's ARRAY size limit (FLOAT[M])
@@ -140,6 +140,8 @@ class Database:
             self._memory = duckdb.connect()
         elif not _creating and self._user is None and not Path(self.path).exists():
             raise DatabaseError(f"{self.path}: no such database; create it with `dmdb init`")
+        if self._user is None:
+            _check_utf8(self.path)
 
     @property
     def in_memory(self) -> bool:
@@ -636,6 +638,7 @@ def init(
             raise InputError(f"{len(arr)} {what} for {size} examples")
     _check_init_memory(n_train, n_targets, train_pixels, target_pixels)
     path = str(path)
+    _check_utf8(path)
     in_memory = path == ":memory:"
     building = path
     if not in_memory:
@@ -679,6 +682,15 @@ def init(
     Path(path + ".wal").unlink(missing_ok=True)
     os.replace(building, path)
     return Database(path, _creating=True)
+
+
+def _check_utf8(path: str) -> None:
+    """DuckDB opens only file names that are valid UTF-8: refuse others in one line."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{display_path(path)}: DuckDB opens only file names that are valid "
+                         "UTF-8; rename the file (or a folder above it)") from None
 
 
 def _remove_stale_builds(p: Path) -> None:

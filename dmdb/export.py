@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from dmdb.codec import display_path
 from dmdb.db import Database
 from dmdb.errors import UsageError
-from dmdb.sources import display_path
 
 
 def check_output_folder(folder: str | Path, what: str) -> Path:

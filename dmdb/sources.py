@@ -26,7 +26,6 @@ info           string (JSON provenance)                   no
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,14 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from dmdb.codec import as_float32_margins, binary_rows, margins_array, mask_array, pack_masks
+from dmdb.codec import (
+    as_float32_margins,
+    binary_rows,
+    display_path,
+    margins_array,
+    mask_array,
+    pack_masks,
+)
 from dmdb.errors import InputError
 from dmdb.runs import RunBatch
 
@@ -51,19 +57,6 @@ _NUMBER = ("alpha", "train_acc")
 _TEXT = ("split", "trainer", "info", "fingerprint")
 SHARD_SUFFIXES = (".parquet", ".arrow", ".feather", ".ipc", ".arrows")
 CHUNK_RUNS = 2048
-
-
-def display_path(path: str | os.PathLike[str]) -> str:
-    """A file name as one printable line of valid UTF-8, for messages and text columns.
-
-    A name that is not valid UTF-8 reaches Python with surrogate escapes, which no
-    message, terminal or DuckDB VARCHAR can encode; its undecodable bytes are shown
-    as ``\\xNN`` instead, and control characters (a newline) as their escapes.
-    """
-    text = os.fsencode(path).decode("utf-8", "backslashreplace")
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _list_values(col: pa.ChunkedArray | pa.Array, width: int, what: str, row0: int) -> np.ndarray:

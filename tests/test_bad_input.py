@@ -163,6 +163,8 @@ def _npy_files(tmp: Path, w: dict[str, str], masks: np.ndarray, margins: np.ndar
     w["scores_wrong"] = str(tmp / "scores_wrong.npy")
     np.save(w["scores_wrong"], np.ones((N + 1, M)))
     # Non-UTF-8 names: a bad npy under one, and one that does not exist.
+    w["bad_name_db"] = os.path.join(w["tmp"], BAD_NAME + "-copy.duckdb")  # a real database
+    shutil.copy(w["exp"], w["bad_name_db"])
     w["bad_name_npy"] = os.path.join(w["tmp"], BAD_NAME + ".npy")
     np.save(w["bad_name_npy"], np.full((20, N), "a"))
     w["bad_name_missing"] = os.path.join(w["tmp"], BAD_NAME + "-missing.npy")
@@ -266,6 +268,12 @@ ROWS = [
     ("exp", ["ingest", "{exp}", "{csv}"], "not a shard file"),
     ("exp", ["ingest", "{exp}", "{no_shards}"], "no shard files"),
     ("exp", ["ingest", "{exp}", "{tmp}/" + BAD_NAME], "bad\\xff: no such file or folder"),
+    # a database whose file name is not UTF-8, which DuckDB cannot open
+    ("exp", ["init", "{tmp}/" + BAD_NAME + ".duckdb", "-N", "5", "-M", "2"],
+     "bad\\xff.duckdb: DuckDB opens only file names that are valid UTF-8"),
+    ("exp", ["status", "{bad_name_db}"], "bad\\xff-copy.duckdb: DuckDB opens only file names"),
+    ("exp", ["sql", "{bad_name_db}", "SELECT 1"], "valid UTF-8; rename the file"),
+    ("exp", ["fit", "{bad_name_db}", "-q"], "valid UTF-8; rename the file"),
     ("missing", ["ingest", "{missing}", "{alpha_text}"], "no such database"),
     ("newer", ["ingest", "{newer}", "--masks", "{m}", "--margins", "{y}", "--alpha", "0.5"],
      NEWER),
