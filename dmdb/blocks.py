@@ -7,7 +7,9 @@ one fit, in one transaction. The targets are independent given the runs, so a
 merged fit is the fit of the whole range (to float32 round-off).
 
 A block file is Parquet: one row per non-zero weight (``target_idx``,
-``train_idx``, ``weight``, as the ``weights`` table), and under the schema
+``train_idx``, ``weight``, as the ``weights`` table; a second-order fit adds a
+``train_b`` column, NULL on those rows and set on one row per non-zero
+interaction, whose ``train_idx`` is then its ``train_a``), and under the schema
 metadata key ``dmdb.fit_block`` a JSON document with everything else
 :func:`dmdb.catalog.record_fit` records: the experiment's fingerprint, the target
 range, the run ids of each split, the solver and parameters, and per target the
@@ -25,7 +27,7 @@ import io
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from dmdb.catalog import Pairs
 from dmdb.errors import FitError, UsageError
 from dmdb.version import __version__
 
@@ -47,7 +50,8 @@ SPLITS = ("fit", "val", "test")
 #: Recorded parameters that may differ between the blocks of one fit: how and where
 #: each block ran, not what it fitted.
 VOLATILE = frozenset({"timings", "memory_plan", "gram_kernel_choice", "device", "progress",
-                      "n_threads", "memory", "target_batch", "blocks", "stats_file"})
+                      "n_threads", "memory", "target_batch", "blocks", "stats_file",
+                      "pair_fit"})
 _SCORES = ("bias", "penalty", "val_mse", "test_mse", "test_pearson", "test_spearman")
 
 
@@ -62,11 +66,15 @@ class Block:
     meta : dict
         The JSON document (see the module docstring).
     weights : scipy.sparse.csr_matrix of shape (hi - lo, N)
+    pairs : Pairs
+        A second-order block's interactions, targets counted from its lo (empty
+        for a linear block).
     """
 
     name: str
     meta: dict[str, Any]
     weights: sp.csr_matrix
+    pairs: Pairs = field(default_factory=lambda: _no_pairs())
 
     @property
     def target_range(self) -> tuple[int, int]:
@@ -79,6 +87,11 @@ class Block:
     def shared_parameters(self) -> dict[str, Any]:
         """The parameters that every block of one fit must share."""
         return {k: v for k, v in self.meta["parameters"].items() if k not in VOLATILE}
+
+
+def _no_pairs() -> Pairs:
+    empty = np.zeros(0, np.int64)
+    return empty, empty, empty, np.zeros(0, np.float32)
 
 
 def check_out_path(path: str | Path, what: str = "--out") -> Path:
@@ -123,11 +136,21 @@ def block_bytes(record: dict[str, Any], *, fingerprint: str, n_train: int,
         "runs": {s: [int(r) for r in record["runs"][s]] for s in SPLITS},
         "datamodels": scores,
     }
-    table = pa.table({
+    columns = {
         "target_idx": pa.array(rows, pa.int32()),
         "train_idx": pa.array(coef.indices.astype(np.int32), pa.int32()),
         "weight": pa.array(coef.data.astype(np.float32), pa.float32()),
-    }).replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
+    }
+    if record.get("pairs") is not None:
+        t, a, b, phi = record["pairs"]
+        columns = {
+            "target_idx": pa.array(np.r_[rows, np.asarray(t) + lo].astype(np.int32)),
+            "train_idx": pa.array(np.r_[coef.indices, a].astype(np.int32)),
+            "weight": pa.array(np.r_[coef.data, phi].astype(np.float32)),
+            "train_b": pa.array(np.r_[np.zeros(len(rows)), b].astype(np.int32),
+                                mask=np.r_[np.ones(len(rows), bool), np.zeros(len(b), bool)]),
+        }
+    table = pa.table(columns).replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
     sink = io.BytesIO()
     pq.write_table(table, sink)
     return sink.getvalue()
@@ -174,16 +197,30 @@ def read_block(source: str | Path | bytes, name: str | None = None) -> Block:
         raise FitError(f"{label} is block format {meta.get('format')}; this dmdb reads {FORMAT}")
     if bad or not 0 <= lo < hi or not all(isinstance(v, list) for v in runs.values()):
         raise FitError(f"{label} is inconsistent: its header does not match its target range")
-    tgt = table.column("target_idx").to_numpy()
-    col = table.column("train_idx").to_numpy()
+    tgt = table.column("target_idx").to_numpy().astype(np.int64)
+    col = table.column("train_idx").to_numpy().astype(np.int64)
     val = table.column("weight").to_numpy()
-    if len(tgt) and (tgt.min() < lo or tgt.max() >= hi or col.min() < 0 or col.max() >= n_train):
+    if "train_b" in table.column_names:
+        b_col = table.column("train_b").combine_chunks()
+        pair = ~np.asarray(b_col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        col_b = b_col.fill_null(0).to_numpy().astype(np.int64)
+    else:
+        pair, col_b = np.zeros(len(tgt), bool), np.zeros(len(tgt), np.int64)
+    if len(tgt) and (tgt.min() < lo or tgt.max() >= hi or col.min() < 0 or col.max() >= n_train
+                     or col_b.min() < 0 or col_b.max() >= n_train):
         raise FitError(f"{label} holds weights outside its targets {lo}:{hi} or its "
                        f"{n_train} training examples")
     if not np.isfinite(val).all():
         raise FitError(f"{label} holds a non-finite weight")
-    weights = sp.csr_matrix((val, (tgt - lo, col)), shape=(hi - lo, n_train), dtype=np.float32)
-    return Block(name=label, meta=meta, weights=weights)
+    if not (col[pair] < col_b[pair]).all():
+        raise FitError(f"{label} holds an interaction whose train_a is not below its train_b")
+    lin = ~pair
+    weights = sp.csr_matrix((val[lin], (tgt[lin] - lo, col[lin])), shape=(hi - lo, n_train),
+                            dtype=np.float32)
+    order = np.lexsort((col_b[pair], col[pair], tgt[pair]))
+    pairs = (tgt[pair][order] - lo, col[pair][order], col_b[pair][order],
+             val[pair][order].astype(np.float32))
+    return Block(name=label, meta=meta, weights=weights, pairs=pairs)
 
 
 def check_blocks(blocks: Sequence[Block], *, fingerprint: str, n_train: int) -> None:
@@ -245,7 +282,15 @@ def merge_records(blocks: Sequence[Block]) -> dict[str, Any]:
                        if k in b.meta["parameters"]}} for b in ordered],
     }
     devices = sorted({str(b.meta["device"]) for b in ordered})
+    base = first.target_range[0]
+    pairs = None
+    if any(len(b.pairs[3]) for b in ordered):  # targets counted from the merged range's lo
+        t, a, b_, phi = (np.concatenate(parts) for parts in zip(
+            *((b.pairs[0] + b.target_range[0] - base, *b.pairs[1:]) for b in ordered),
+            strict=True))
+        pairs = (t, a, b_, phi)
     return {
+        "pairs": pairs,
         "runs": first.runs(),
         "target_range": (first.target_range[0], ordered[-1].target_range[1]),
         "bias": scores("bias"),

@@ -476,10 +476,12 @@ def fit(db: str, alpha: float | None, max_fit_runs: int | None, target_range: st
     modes = [name for name, on in (("--out", out), ("--merge", merge_blocks),
                                    ("--save-stats", save_stats), ("--backend ray",
                                                                   backend == "ray")) if on]
-    if pairs is not None and modes:
-        raise UsageError(f"--pairs cannot be combined with {modes[0]}: blocks, merged fits and "
-                         "shared statistics are linear; fit second-order datamodels in one "
-                         "process")
+    if pairs is not None and (merge_blocks or save_stats):
+        raise UsageError(
+            "--pairs cannot be combined with --merge (the blocks say whether they hold pairs)"
+            if merge_blocks else
+            "--pairs cannot be combined with --save-stats (the statistics are the linear "
+            "fit's, shared by linear and second-order blocks)")
     if len(modes) > 1:
         raise UsageError(f"{' and '.join(modes)} cannot be combined")
     if block_files and not merge_blocks:
@@ -499,8 +501,8 @@ def fit(db: str, alpha: float | None, max_fit_runs: int | None, target_range: st
     if backend == "ray":
         report = fitting.fit_ray(connect(db), n_blocks=n_blocks, target_range=target_range,
                                  address=address, gpus_per_task=gpus_per_task,
-                                 cpus_per_task=cpus_per_task, stats=stats_file, **common,
-                                 **options)
+                                 cpus_per_task=cpus_per_task, stats=stats_file, pairs=pairs,
+                                 **common, **options)
     else:
         report = fitting.fit(connect(db, read_only=out is not None), target_range=target_range,
                              out=out, stats=stats_file, pairs=pairs, **common, **options)

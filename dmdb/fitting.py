@@ -133,7 +133,7 @@ def fit(
     pairs : int, optional
         Fit second-order datamodels (:mod:`dmdb.pairs`): the linear fit, then
         sparse interactions among each target's top ``pairs`` examples, written to
-        ``interactions``. Not with ``out`` (block files hold linear fits).
+        ``interactions`` (or into the block file, with ``out``).
     progress : bool
         Show a progress bar over the path.
     echo : callable(str)
@@ -163,9 +163,6 @@ def fit(
         raise UsageError(f"--target-range {lo}:{hi} is outside the targets 0:{exp.n_targets}")
     if pairs is not None:
         pairs = pair_stage.check_pairs(pairs, exp.n_train)
-        if out_path is not None:
-            raise UsageError("--pairs cannot be combined with --out: block files hold linear "
-                             "fits; fit the second-order datamodels in one process")
     params = (estimator.get_params() if estimator is not None else {}) | options
     # The statistics are this fit's own, so the Gram may overwrite their counts.
     est = DatamodelLasso(**(params | {"copy_gram": False, "progress": progress}))
@@ -385,7 +382,7 @@ def fit_ray(
     db: Database, *, n_blocks: int, target_range: str | tuple[int, int] | None = None,
     address: str | None = None, gpus_per_task: float = 0.0, cpus_per_task: float = 1.0,
     alpha: float | None = None, max_fit_runs: int | None = None,
-    stats: str | Path | None = None, progress: bool = True,
+    stats: str | Path | None = None, pairs: int | None = None, progress: bool = True,
     echo: Callable[[str], None] = print, **options: Any,
 ) -> FitReport:
     """Fit the targets in ``n_blocks`` Ray tasks, each a block, and merge them into one fit.
@@ -410,6 +407,8 @@ def fit_ray(
         raise UsageError("--backend ray needs a database file that the tasks can open")
     runs = select_runs(db, alpha, max_fit_runs)  # refuse a fit without runs before Ray starts
     DatamodelLasso(**options)._validate_params()
+    if pairs is not None:
+        pairs = pair_stage.check_pairs(pairs, exp.n_train)
     if stats is not None:
         blocks.load_stats(stats, fingerprint=db.fingerprint, fit_runs=runs["fit"])
     edges = [lo + (hi - lo) * i // n_blocks for i in range(n_blocks + 1)]
@@ -428,7 +427,8 @@ def fit_ray(
         task = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task,
                           max_retries=2)(_ray_fit_block)
         pending = [task.remote(str(Path(db.path).resolve()), (a, b), alpha, max_fit_runs,
-                               None if stats is None else str(Path(stats).resolve()), options)
+                               None if stats is None else str(Path(stats).resolve()), pairs,
+                               options)
                    for a, b in zip(edges, edges[1:], strict=False)]
         found = []
         bar = _bar(progress, n_blocks, desc="fit blocks", unit="block")
@@ -465,7 +465,7 @@ def fit_ray(
 
 def _ray_fit_block(
     path: str, target_range: tuple[int, int], alpha: float | None, max_fit_runs: int | None,
-    stats: str | None, options: dict[str, Any],
+    stats: str | None, pairs: int | None, options: dict[str, Any],
 ) -> tuple[bytes, str]:
     """A Ray task: fit one block of targets from the database, read-only; return its bytes."""
     import tempfile
@@ -476,8 +476,8 @@ def _ray_fit_block(
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "block.parquet"
         fit(connect(path, read_only=True), alpha=alpha, max_fit_runs=max_fit_runs,
-            target_range=(lo, hi), out=out, stats=stats, progress=False, echo=lambda s: None,
-            **options)
+            target_range=(lo, hi), out=out, stats=stats, pairs=pairs, progress=False,
+            echo=lambda s: None, **options)
         return out.read_bytes(), f"block {lo}:{hi}"
 
 

@@ -46,16 +46,19 @@ def fit_rows(path: Path, fit_id: int) -> dict[str, np.ndarray]:
     lds = db.sql("SELECT * EXCLUDE (fit_id) FROM lds WHERE fit_id = ? ORDER BY ALL",
                  [fit_id]).to_pydict()
     bias, weights = db.load_fit(fit_id)
+    phi = np.zeros((N_TARGETS, N_TRAIN, N_TRAIN))  # a second-order fit's pairs, dense
+    t, a, b, w = db.load_interactions(fit_id)
+    phi[t, a, b] = w
     return {**{k: np.asarray(v, dtype=float) for k, v in dm.items()},
             **{f"lds.{k}": np.asarray(v, dtype=float) for k, v in lds.items()},
-            "weights": weights.toarray(), "loaded_bias": bias}
+            "weights": weights.toarray(), "loaded_bias": bias, "interactions": phi}
 
 
-def assert_same_fit(path: Path, a: int, b: int) -> None:
+def assert_same_fit(path: Path, a: int, b: int, atol: float = 1e-6) -> None:
     x, y = fit_rows(path, a), fit_rows(path, b)
     assert set(x) == set(y)
     for key in x:
-        np.testing.assert_allclose(x[key], y[key], rtol=1e-5, atol=1e-6, err_msg=key)
+        np.testing.assert_allclose(x[key], y[key], rtol=1e-5, atol=atol, err_msg=key)
 
 
 def fit_runs(path: Path, fit_id: int) -> list[tuple]:
@@ -111,3 +114,41 @@ def test_the_ray_backend_fits_blocks_and_merges_them(exp: Path) -> None:
     params = json.loads(dmdb.connect(exp, read_only=True).sql(
         "SELECT parameters FROM fits WHERE fit_id = ?", [fit_id]).column(0)[0].as_py())
     assert len(params["blocks"]) == 3
+
+
+@pytest.fixture(scope="module")
+def second_order(exp: Path) -> int:
+    """The unsplit second-order fit of the same runs."""
+    out = run("fit", str(exp), "-q", "--pairs", "8")
+    fit_id = int(out.split()[1].rstrip(":"))
+    assert dmdb.connect(exp, read_only=True).load_interactions(fit_id)[3].size
+    return fit_id
+
+
+def test_second_order_blocks_merged_are_the_unsplit_fit(exp: Path, second_order: int,
+                                                        tmp_path: Path) -> None:
+    files = [str(tmp_path / f"p-{i}.parquet") for i in range(len(RANGES))]
+    for rng, f in zip(RANGES, files, strict=True):
+        run("fit", str(exp), "-q", "--target-range", rng, "--out", f, "--pairs", "8")
+    block = read_block(files[1])
+    t, a, b, _ = block.pairs
+    assert len(t) and t.min() >= 0 and t.max() < 2 and (a < b).all()  # counted from its lo
+    out = run("fit", str(exp), "--merge", *files)
+    fit_id = int(out.split()[1].rstrip(":"))
+    assert_same_fit(exp, second_order, fit_id)
+    params = json.loads(dmdb.connect(exp, read_only=True).sql(
+        "SELECT parameters FROM fits WHERE fit_id = ?", [fit_id]).column(0)[0].as_py())
+    assert params["pairs"] == 8 and all("pair_fit" in b for b in params["blocks"])
+    # a linear and a second-order block do not make one fit
+    linear = str(tmp_path / "linear.parquet")
+    run("fit", str(exp), "-q", "--target-range", RANGES[0], "--out", linear)
+    r = CliRunner().invoke(cli, ["fit", str(exp), "--merge", linear, *files[1:]])
+    assert r.exit_code == 1 and "different parameters: pairs" in r.output, r.output
+
+
+def test_the_ray_backend_fits_second_order_blocks(exp: Path, second_order: int) -> None:
+    pytest.importorskip("ray")
+    out = run("fit", str(exp), "-q", "--backend", "ray", "--blocks", "2", "--pairs", "8")
+    # one thread per task here, two in the unsplit fit: float32 sums in another order, and
+    # the bias carries the pairs' constant terms (a sum over them)
+    assert_same_fit(exp, second_order, int(out.split()[1].rstrip(":")), atol=1e-5)

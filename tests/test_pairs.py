@@ -256,9 +256,9 @@ def check_compare_and_export(db: dmdb.Database, linear: int, second: int, stored
 @pytest.mark.parametrize("extra, message", [
     (["--pairs", "1"], "--pairs takes K from 2 to N = 30"),
     (["--pairs", "31"], "--pairs takes K from 2 to N = 30"),
-    (["--pairs", "5", "--out", "{tmp}/block.parquet"], "--pairs cannot be combined with --out"),
+    (["--pairs", "5", "--merge", "{tmp}/block.parquet"], "--pairs cannot be combined with --merge"),
     (["--pairs", "5", "--save-stats", "{tmp}/s.pt"], "--pairs cannot be combined"),
-    (["--pairs", "5", "--backend", "ray"], "--pairs cannot be combined with --backend ray"),
+    (["--pairs", "1", "--backend", "ray"], "--pairs takes K from 2 to N = 30"),
     (["--pairs", "30", "--memory", "{tight}"], "for the pair features of 3 targets"),
 ])
 def test_bad_pairs_are_one_line_and_change_nothing(tmp_path: Path, extra: list[str],
