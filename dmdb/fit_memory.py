@@ -90,6 +90,13 @@ class MemoryEstimate:
         """The largest phase, plus the process's own :data:`BASE_BYTES`."""
         return BASE_BYTES + max(self.phases.values())
 
+    def peak_at(self, target_batch: int) -> int:
+        """The peak with another target batch (only the solve's batch rows change)."""
+        per_row = self.parts.get("batch", 0) / max(self.target_batch, 1)
+        solve = self.phases["solve"] - self.parts.get("batch", 0) + per_row * target_batch
+        return BASE_BYTES + int(max(*(v for k, v in self.phases.items() if k != "solve"),
+                                    solve))
+
     def as_dict(self) -> dict[str, Any]:
         """For ``fits.parameters``: the phases and the parts in bytes, and the peak."""
         return asdict(self) | {"peak": self.peak}

@@ -179,8 +179,8 @@ def fit(
     plan = est.plan_memory(exp.n_train, hi - lo, len(runs["val"]), n_fit=len(runs["fit"]),
                            all_targets=exp.n_targets,
                            gram=None if saved is None else saved["gram_counts"] is not None)
-    if pairs is not None:
-        _check_pair_memory(est, plan, pairs, hi - lo, len(runs["val"]), exp.n_train)
+    pair_batch = (None if pairs is None else
+                  _pair_batch(est, plan, pairs, hi - lo, len(runs["val"]), exp.n_train))
     echo(f"fitting targets {lo}:{hi} on {len(runs['fit'])} fit / {len(runs['val'])} val"
          f" / {len(runs['test'])} test runs with the {est.solver} solver on {est.device}")
     echo(memory_line(plan, est.memory_budget_, wanted_gram=est.gram))
@@ -209,8 +209,9 @@ def fit(
         "test_metrics": (test_mse, pearson, spearman),
     }
     if pairs is not None:
-        record = _second_order(db, est, record, pairs, chunks, x_val, y_val[:, lo:hi],
-                               progress=progress, echo=echo)
+        assert pair_batch is not None
+        record = _second_order(db, est, record, pairs, pair_batch, chunks, x_val,
+                               y_val[:, lo:hi], progress=progress, echo=echo)
     del x_val, y_val
     record["wall_seconds"] = time.perf_counter() - started
     t_write = time.perf_counter()
@@ -230,24 +231,31 @@ def fit(
     )
 
 
-def _check_pair_memory(est: DatamodelLasso, plan: fit_memory.MemoryEstimate, k: int,
-                       n_targets: int, n_val: int, n_train: int) -> None:
-    """Refuse, before any work, a pair stage that cannot fit beside the linear fit's result."""
-    need = pair_stage.pair_bytes(k, n_targets, n_val, est.chunk_size, plan.target_batch,
-                                 n_train=n_train)
-    budget = est.memory_budget_
-    # Counted on top of the linear fit's peak: the pair stage runs beside its result.
-    if plan.peak + need > budget:
+def _pair_batch(est: DatamodelLasso, plan: fit_memory.MemoryEstimate, k: int,
+                n_targets: int, n_val: int, n_train: int) -> int:
+    """Targets per batch of the pair stage inside the budget; refuse, before any work, a
+    pair stage that cannot run even one target at a time beside the linear fit's result.
+
+    Counted on top of the linear fit's peak with one solver row: the pair stage runs
+    after the linear solve, whose batch is gone by then, so it batches on its own.
+    """
+    fixed = pair_stage.pair_bytes(k, n_targets, n_val, est.chunk_size, 0, n_train=n_train)
+    per_target = pair_stage.pair_bytes(k, n_targets, n_val, est.chunk_size, 1,
+                                       n_train=n_train) - fixed
+    base = plan.peak_at(1)
+    room = est.memory_budget_ - base - fixed
+    if room < per_target:
         gb = fit_memory.GB
         raise FitError(
-            f"--pairs {k} needs about {need / gb:.3f} GB for the pair features of {n_targets} "
-            f"targets beside the linear fit's {plan.peak / gb:.3f} GB, over the "
-            f"{budget / gb:.3f} GB budget; lower --pairs, fit fewer targets (--target-range) "
-            "or raise --memory")
+            f"--pairs {k} needs at least {(fixed + per_target) / gb:.3f} GB for the pair "
+            f"features of {n_targets} targets beside the linear fit's {base / gb:.3f} GB, over "
+            f"the {est.memory_budget_ / gb:.3f} GB budget; lower --pairs, fit fewer targets "
+            "(--target-range) or raise --memory")
+    return int(min(n_targets, room // per_target))
 
 
 def _second_order(
-    db: Database, est: DatamodelLasso, record: dict[str, Any], k: int,
+    db: Database, est: DatamodelLasso, record: dict[str, Any], k: int, target_batch: int,
     chunks: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]], x_val: np.ndarray,
     y_val: np.ndarray, *, progress: bool, echo: Callable[[str], None],
 ) -> dict[str, Any]:
@@ -260,7 +268,7 @@ def _second_order(
         fitted = pair_stage.fit_pairs(
             chunks, x_val, y_val, coef=est.coef_, intercept=est.intercept_, mean=est.mean_,
             k=k, tol=float(est.tol), max_iter=int(est.max_iter), patience=int(est.patience),
-            device=est.device_, target_batch=est.memory_.target_batch,
+            device=est.device_, target_batch=target_batch,
             progress=None if bar is None else bar.update)
     if bar is not None:
         bar.close()
@@ -272,7 +280,7 @@ def _second_order(
     info = fitted.info | {
         "linear_seconds": linear_seconds, "cost_ratio": (linear_seconds + pair_seconds)
         / max(linear_seconds, 1e-9), "linear_mean_lds": linear_lds,
-        "mean_pairs": len(fitted.weight) / max(n_targets, 1)}
+        "mean_pairs": len(fitted.weight) / max(n_targets, 1), "target_batch": target_batch}
     echo(f"pairs: {len(fitted.weight) / max(n_targets, 1):.1f} interactions per target of "
          f"{info['candidates']} candidates (top {k}); mean LDS {linear_lds:.3f} linear -> "
          f"{float(np.nanmean(metrics[2])):.3f} second-order; {info['cost_ratio']:.2f}x the "

@@ -268,8 +268,10 @@ def test_bad_pairs_are_one_line_and_change_nothing(tmp_path: Path, extra: list[s
     # A budget that holds the linear fit but not its pairs.
     n_fit, n_val = (len(file_db.run_ids(split=s)) for s in ("fit", "val"))
     plan = DatamodelLasso().plan_memory(N, M, n_val, n_fit=n_fit)
-    need = P.pair_bytes(30, M, n_val, min(4096, n_fit), plan.target_batch, n_train=N)
-    tight = str((plan.peak + need / 2) / fit_memory.GB)
+    chunk = min(4096, n_fit)
+    fixed = P.pair_bytes(30, M, n_val, chunk, 0, n_train=N)
+    one = P.pair_bytes(30, M, n_val, chunk, 1, n_train=N)  # one target at a time
+    tight = str((plan.peak_at(1) + (fixed + one) / 2) / fit_memory.GB)
     args = ["fit", str(file_db.path), "-q",
             *[e.format(tmp=tmp_path, tight=tight) for e in extra]]
     result = CliRunner().invoke(cli, args)
@@ -279,3 +281,33 @@ def test_bad_pairs_are_one_line_and_change_nothing(tmp_path: Path, extra: list[s
     assert counts(file_db) == before
     assert not file_db.has_table("interactions") or file_db.sql(
         "SELECT count(*) FROM interactions").column(0)[0].as_py() == 0
+
+
+def test_a_tight_budget_batches_the_pair_stage_and_changes_nothing(tmp_path: Path) -> None:
+    """The pair stage picks its own target batch for --memory (after the linear solve has
+    freed its batch): one target at a time gives the same model as all at once."""
+    from dmdb.fitting import fit
+
+    db = planted_db(str(tmp_path / "b.duckdb"), 3000, 7)
+    n_fit, n_val = (len(db.run_ids(split=s)) for s in ("fit", "val"))
+    est = DatamodelLasso()
+    plan = est.plan_memory(N, M, n_val, n_fit=n_fit)
+    chunk = est.chunk_size  # as the fit counts it
+    fixed = P.pair_bytes(10, M, n_val, chunk, 0, n_train=N)
+    per = P.pair_bytes(10, M, n_val, chunk, 1, n_train=N) - fixed
+    tight = (plan.peak_at(1) + fixed + 1.5 * per) / fit_memory.GB
+    quiet = {"progress": False, "echo": lambda s: None}
+    whole = fit(db, pairs=10, **quiet).fit_id
+    batched = fit(db, pairs=10, memory=tight, **quiet).fit_id
+    info = {f: json.loads(db.sql("SELECT parameters FROM fits WHERE fit_id = ?", [f])
+                          .column(0)[0].as_py())["pair_fit"]["target_batch"]
+            for f in (whole, batched)}
+    assert info == {whole: M, batched: 1}
+    phi = []
+    for f in (whole, batched):
+        dense = np.zeros((M, N, N))
+        t, a, b, w = db.load_interactions(f)
+        dense[t, a, b] = w
+        phi.append(dense)
+    np.testing.assert_allclose(phi[0], phi[1], atol=1e-5)
+    np.testing.assert_allclose(db.load_fit(whole)[0], db.load_fit(batched)[0], atol=1e-5)
